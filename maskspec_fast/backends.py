@@ -1,0 +1,51 @@
+"""``available_backends()``: which implementation each operation uses on this machine, and why."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _cpp_status() -> str:
+    try:
+        from . import _C  # noqa: F401
+    except ImportError as e:
+        return f"not built ({e}); reinstall with a C++ compiler and CMake: pip install -e ."
+    return "loaded (maskspec_fast._C)"
+
+
+def available_backends() -> dict[str, dict[str, str]]:
+    """Report, for the plain and the fused path, what each op runs on, plus the optional parts found.
+
+    Returns ``{"plain": {op: impl}, "fused": {op: impl}, "components": {name: status}}``.
+    """
+    from .fused import resolve
+
+    comps: dict[str, str] = {
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+        "triton": "installed" if _has("triton") else "not installed (pip install triton)",
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+        "flash_attn": "installed" if _has("flash_attn") else "not installed (pip install flash-attn, CUDA only)",
+        "cpp_ext": _cpp_status(),
+        "dali": "installed" if _has("nvidia.dali") else "not installed (pip install 'maskspec_fast[dali]')",
+    }
+    return {"plain": resolve(False).report, "fused": resolve(True).report, "components": comps}
+
+
+def format_backends(info: dict[str, dict[str, str]] | None = None) -> str:
+    """Human-readable multi-line version of :func:`available_backends`."""
+    info = info or available_backends()
+    lines = []
+    for section, table in info.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"  {k:16s} {v}" for k, v in table.items())
+    return "\n".join(lines)

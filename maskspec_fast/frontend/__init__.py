@@ -1,0 +1,4 @@
+"""Front end: audio decoding and the waveform -> log-mel transform (reference, and DALI when installed)."""
+from .logmel import SAMPLE_RATE, LogMel, MelSettings, kaldi_mel_banks, log_mel, num_frames
+
+__all__ = ["LogMel", "MelSettings", "SAMPLE_RATE", "kaldi_mel_banks", "log_mel", "num_frames"]

@@ -1,0 +1,317 @@
+"""MaskSpec models: ``Model`` (masked-spectrogram pre-training, MAE's MaskedAutoencoderViT) and ``Classifier``
+(fine-tuning, timm's VisionTransformer with mean pooling). Both read like the paper; the fused path differs only
+in which implementation of each op runs, chosen once at construction."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import fused as fused_ops
+from .config import ModelConfig
+from .layers import Block, PatchEmbed, init_weights
+from .ops.masked_mse import masked_mse
+from .ops.masking import masking_ids, num_visible, random_masking
+from .ops.patchify import as_image, patchify
+from .ops.pos_embed import resize_pos_embed, sincos_2d
+from .serialization import load_dir, save_dir
+
+
+def _resolve_fused(fused: bool | None) -> bool:
+    """``fused=None`` reads ``MASKSPEC_FUSED`` (default off: the reference path is the truth)."""
+    if fused is None:
+        return os.environ.get("MASKSPEC_FUSED", "0").lower() in ("1", "true", "yes", "on")
+    return bool(fused)
+
+
+def check_spec(spec: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Validate a spectrogram batch and return it as ``(B, 1, n_mels, T')`` with ``T'`` whole patches."""
+    if not isinstance(spec, torch.Tensor):
+        raise TypeError(f"spectrogram must be a torch.Tensor, got {type(spec).__name__}")
+    img = as_image(spec)
+    f, t = img.shape[-2:]
+    if f != config.n_mels:
+        raise ValueError(f"spectrogram has {f} mel bins, the model expects n_mels={config.n_mels}")
+    p = config.patch_size
+    if t < p:
+        raise ValueError(f"spectrogram has {t} frames, shorter than one patch ({p} frames)")
+    return img[..., : t // p * p]
+
+
+class _Encoder(nn.Module):
+    """Shared ViT encoder parts (timm names): patch_embed, cls_token, pos_embed, blocks."""
+
+    def _build_encoder(self, config: ModelConfig, attn_backend: str, learn_pos: bool) -> None:
+        c = config
+        self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        # Fixed sin-cos table in pre-training (MAE keeps it as a frozen Parameter so it is in the state dict);
+        # trainable in fine-tuning, as MAE's fine-tuning model does.
+        self.pos_embed = nn.Parameter(sincos_2d(c.embed_dim, c.grid_size).unsqueeze(0), requires_grad=learn_pos)
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
+        self.blocks = nn.ModuleList(
+            [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, dpr[i], attn_backend) for i in range(c.depth)]
+        )
+
+    def encoder_pos(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, 1 + gf*gt, D)``: the table fitted to this input's grid (crop shorter, interpolate longer)."""
+        return resize_pos_embed(self.pos_embed, self.config.grid_size, grid)
+
+    def _init_common(self) -> None:
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+
+
+class Model(_Encoder):
+    """MaskSpec pre-training model (drop-in for MAE's ``MaskedAutoencoderViT``).
+
+    ``loss, pred, mask = model(spec, mask_ratio=0.75, noise=None)``
+      spec: ``(B, n_mels, T)`` or ``(B, 1, n_mels, T)`` log-mel; L = (n_mels/16) * (T//16) patches.
+      pred: ``(B, L, 256)`` reconstructions in patch order; mask: ``(B, L)``, 1 = removed.
+      loss: MSE on removed patches against per-patch normalized targets (``norm_pix_loss``).
+    """
+
+    def __init__(self, config: ModelConfig, fused: bool | None = None):
+        super().__init__()
+        self.config = c = config
+        self.fused = _resolve_fused(fused)
+        self.ops = fused_ops.resolve(self.fused)
+        self._build_encoder(c, self.ops.attention_backend, learn_pos=False)
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_2d(c.decoder_embed_dim, c.grid_size).unsqueeze(0), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.norm_eps, 0.0, self.ops.attention_backend)
+                for _ in range(c.decoder_depth)
+            ]
+        )
+        self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=c.norm_eps)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
+        self.apply(init_weights)
+        self._init_common()
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    # --- the paper's steps ----------------------------------------------------------------------------------------
+    def grid_of(self, img: torch.Tensor) -> tuple[int, int]:
+        p = self.config.patch_size
+        return (img.shape[-2] // p, img.shape[-1] // p)
+
+    def forward_encoder(
+        self, img: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """img ``(B, 1, F, T)`` -> latent ``(B, 1+K, D)``, mask ``(B, L)``, ids_restore ``(B, L)``, ids_keep ``(B, K)``."""
+        grid = self.grid_of(img)
+        pos = self.encoder_pos(grid)  # (1, 1+L, D)
+        b, n = img.shape[0], grid[0] * grid[1]
+        if noise is None:
+            noise = torch.rand(b, n, device=img.device)
+        elif noise.shape != (b, n):
+            raise ValueError(f"noise must have shape (B, L) = {(b, n)}, got {tuple(noise.shape)}")
+        if self.fused:
+            keep = num_visible(n, mask_ratio)
+            mask, ids_restore, ids_keep, _ = masking_ids(noise, keep)
+            x = self.ops.patch_tokens(img, self.patch_embed)  # (B, L, D)
+            x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B, K, D), pos added
+        else:
+            x = self.patch_embed(img) + pos[:, 1:]  # (B, L, D)
+            x, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)  # (B, K, D)
+        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask.to(img.dtype if img.is_floating_point() else torch.float32), ids_restore, ids_keep
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """latent ``(B, 1+K, D)`` -> pred ``(B, L, p*p)`` for every patch, in patch order."""
+        x = self.decoder_embed(latent)  # (B, 1+K, Dd)
+        pos = resize_pos_embed(self.decoder_pos_embed, self.config.grid_size, grid)  # (1, 1+L, Dd)
+        mask_token = self.mask_token.reshape(-1)
+        body = self.ops.unshuffle(x[:, 1:], mask_token, ids_restore, pos[0, 1:])  # (B, L, Dd)
+        x = torch.cat([x[:, :1] + pos[:, :1], body], dim=1)  # (B, 1+L, Dd)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x)[:, 1:]  # (B, L, p*p), CLS dropped
+
+    def forward_loss(self, img: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked MSE against the patchified (per-patch normalized) spectrogram."""
+        target = patchify(img, self.config.patch_size)  # (B, L, p*p)
+        return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss)
+
+    def forward(
+        self, spec: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img = check_spec(spec, self.config)
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore, self.grid_of(img))
+        loss = self.forward_loss(img, pred, mask)
+        return loss, pred, mask
+
+    # --- persistence ----------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        return save_dir(directory, self.state_dict(), {"model_type": "pretrain", "config": self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, fused: bool | None = None, **overrides: Any) -> Model:
+        state, meta = load_dir(directory)
+        if meta.get("model_type") != "pretrain":
+            raise ValueError(f"{directory}: holds a {meta.get('model_type')!r} model, not a pre-training Model")
+        config = ModelConfig.from_dict({**meta["config"], **overrides})
+        model = cls(config, fused=fused)
+        model.load_state_dict(_fit_pos_tables(state, model), strict=True)
+        return model
+
+    def describe(self) -> dict[str, str]:
+        """Which implementation each op of this instance uses."""
+        return self.ops.report
+
+
+def _fit_pos_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resize positional tables of a checkpoint made for another grid (e.g. 992 vs 1000 frames) to the model's."""
+    own = model.state_dict()
+    out = dict(state)
+    for key in ("pos_embed", "decoder_pos_embed"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            src, dst = state[key], own[key]
+            gf = model.config.grid_f
+            old_l = src.shape[1] - 1
+            if old_l % gf:
+                raise ValueError(f"{key}: {old_l} positions do not fit {gf} frequency rows")
+            out[key] = resize_pos_embed(src, (gf, old_l // gf), model.config.grid_size).to(dst.dtype)
+    return out
+
+
+class Classifier(_Encoder):
+    """Fine-tuning model: encoder + mean pooling over patch tokens + ``fc_norm`` + ``head`` (timm names).
+
+    ``logits = clf(spec)`` with spec ``(B, n_mels, T)``; ``clf.embed(spec)`` -> ``(B, D)`` clip embeddings.
+    ``patchout`` tokens (unstructured, per sample) are dropped in training mode, as PaSST/MaskSpec fine-tune.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int, fused: bool | None = None, patchout: int = 0):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config = c = config
+        self.num_classes = num_classes
+        self.patchout = patchout
+        self.fused = _resolve_fused(fused)
+        self.ops = fused_ops.resolve(self.fused)
+        self._build_encoder(c, self.ops.attention_backend, learn_pos=True)
+        self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.embed_dim, num_classes)
+        self.apply(init_weights)
+        self._init_common()
+        nn.init.normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
+
+    def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
+        """spec -> encoder tokens ``(B, 1+L', D)`` (L' = L - patchout in training)."""
+        img = check_spec(spec, self.config)
+        p = self.config.patch_size
+        grid = (img.shape[-2] // p, img.shape[-1] // p)
+        pos = self.encoder_pos(grid)
+        x = self.patch_embed(img) + pos[:, 1:]  # (B, L, D)
+        b, n, _ = x.shape
+        if self.training and self.patchout > 0 and n - self.patchout >= 1:
+            x, _, _, _ = random_masking(x, self.patchout / n, None)  # keep int(L*(1-r)) tokens
+        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def embed(self, spec: torch.Tensor) -> torch.Tensor:
+        """Clip embedding ``(B, D)``: fc_norm(mean of patch tokens)."""
+        return self.fc_norm(self.forward_features(spec)[:, 1:].mean(dim=1))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(spec))  # (B, num_classes)
+
+    # --- starting from pre-training ------------------------------------------------------------------------------
+    def load_encoder(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy encoder weights (patch_embed, cls_token, pos_embed, blocks) from a Model state dict.
+
+        Returns the names that were copied; decoder, ``norm`` and head are not (head starts fresh).
+        """
+        own = self.state_dict()
+        enc = {k: v for k, v in state.items() if k in own and not k.startswith(("head.", "fc_norm."))}
+        enc = _fit_pos_tables(enc, self)
+        missing = [k for k in own if not k.startswith(("head.", "fc_norm.")) and k not in enc]
+        if missing:
+            raise ValueError(f"pre-trained state lacks encoder weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        for k, v in enc.items():
+            if v.shape != own[k].shape:
+                raise ValueError(f"{k}: pre-trained shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
+        self.load_state_dict(enc, strict=False)
+        return sorted(enc)
+
+    @classmethod
+    def from_model(
+        cls, model: Model, num_classes: int, fused: bool | None = None, **overrides: Any
+    ) -> Classifier:
+        """A classifier whose encoder is ``model``'s (new head). ``overrides`` change the config (e.g. frames=1000)."""
+        config = model.config.replace(**overrides) if overrides else model.config
+        clf = cls(config, num_classes, fused=model.fused if fused is None else fused)
+        clf.load_encoder(model.state_dict())
+        return clf
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        meta = {"model_type": "classifier", "config": self.config.to_dict(), "num_classes": self.num_classes}
+        return save_dir(directory, self.state_dict(), meta)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        num_classes: int | None = None,
+        fused: bool | None = None,
+        **overrides: Any,
+    ) -> Classifier:
+        """Load a saved Classifier, or start one from a saved pre-training Model (then ``num_classes`` is needed)."""
+        state, meta = load_dir(directory)
+        config = ModelConfig.from_dict({**meta["config"], **overrides})
+        kind = meta.get("model_type")
+        if kind == "classifier":
+            n = meta["num_classes"] if num_classes is None else num_classes
+            clf = cls(config, n, fused=fused)
+            if n == meta["num_classes"]:
+                clf.load_state_dict(_fit_pos_tables(state, clf), strict=True)
+            else:
+                clf.load_encoder(state)
+            return clf
+        if kind == "pretrain":
+            if num_classes is None:
+                raise ValueError(f"{directory}: holds a pre-training Model; pass num_classes for the new head")
+            clf = cls(config, num_classes, fused=fused)
+            clf.load_encoder(state)
+            return clf
+        raise ValueError(f"{directory}: unknown model_type {kind!r}")
+
+    def describe(self) -> dict[str, str]:
+        return self.ops.report
+
+
+def count_parameters(module: nn.Module, prefix: str = "") -> int:
+    """Number of parameters whose name starts with ``prefix`` (frozen tables included)."""
+    return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefix))
+
+
+def encoder_parameter_count(model: Model) -> int:
+    """Encoder parameters (patch_embed, cls, pos, blocks, norm): ~86M for base, as PAPER.md states."""
+    return sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("patch_embed", "cls_token", "pos_embed", "blocks", "norm."))
+    )
+
+
+__all__ = ["Classifier", "Model", "check_spec", "count_parameters", "encoder_parameter_count"]
