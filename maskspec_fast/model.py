@@ -105,26 +105,31 @@ class Model(_Encoder):
         return (img.shape[-2] // p, img.shape[-1] // p)
 
     def forward_encoder(
-        self, img: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self, img: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, masks_per_clip: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """img ``(B, 1, F, T)`` -> latent ``(B, 1+K, D)``, mask ``(B, L)``, ids_restore ``(B, L)``, ids_keep ``(B, K)``."""
+        """img ``(B, 1, F, T)`` -> latent ``(B', 1+K, D)``, mask ``(B', L)``, ids_restore ``(B', L)``, ids_keep ``(B', K)``.
+
+        With ``masks_per_clip = M > 1`` the patch embedding runs once and each clip gets M independent masks:
+        ``B' = B * M``, rows ``b*M .. b*M + M-1`` belong to clip b (EAT's multi-mask trick).
+        """
         grid = self.grid_of(img)
         pos = self.encoder_pos(grid)  # (1, 1+L, D)
-        b, n = img.shape[0], grid[0] * grid[1]
+        b, n = img.shape[0] * masks_per_clip, grid[0] * grid[1]
         if noise is None:
             noise = torch.rand(b, n, device=img.device)
         elif noise.shape != (b, n):
-            raise ValueError(f"noise must have shape (B, L) = {(b, n)}, got {tuple(noise.shape)}")
+            raise ValueError(f"noise must have shape (B * masks_per_clip, L) = {(b, n)}, got {tuple(noise.shape)}")
         if self.fused:
             keep = num_visible(n, mask_ratio)
             mask, ids_restore, ids_keep, _ = masking_ids(noise, keep)
             x = self.ops.patch_tokens(img, self.patch_embed)  # (B, L, D)
-            x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B, K, D), pos added
+            x = _repeat_clips(x, masks_per_clip)  # (B', L, D)
+            x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B', K, D), pos added
         else:
-            x = self.patch_embed(img) + pos[:, 1:]  # (B, L, D)
-            x, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)  # (B, K, D)
-        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+            x = _repeat_clips(self.patch_embed(img) + pos[:, 1:], masks_per_clip)  # (B', L, D)
+            x, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)  # (B', K, D)
+        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B', 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B', 1+K, D)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x), mask.to(img.dtype if img.is_floating_point() else torch.float32), ids_restore, ids_keep
@@ -141,19 +146,28 @@ class Model(_Encoder):
         x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:]  # (B, L, p*p), CLS dropped
 
-    def forward_loss(self, img: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_loss(
+        self, img: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, masks_per_clip: int = 1
+    ) -> torch.Tensor:
         """Masked MSE against the patchified (per-patch normalized) spectrogram."""
-        target = patchify(img, self.config.patch_size)  # (B, L, p*p)
+        target = _repeat_clips(patchify(img, self.config.patch_size), masks_per_clip)  # (B', L, p*p)
         return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss)
 
     def forward(
-        self, spec: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+        self,
+        spec: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+        masks_per_clip: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``loss, pred (B', L, p*p), mask (B', L)`` with ``B' = B * masks_per_clip`` (see forward_encoder)."""
+        if masks_per_clip < 1:
+            raise ValueError(f"masks_per_clip must be >= 1, got {masks_per_clip}")
         img = check_spec(spec, self.config)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise)
+        latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise, masks_per_clip)
         pred = self.forward_decoder(latent, ids_restore, self.grid_of(img))
-        loss = self.forward_loss(img, pred, mask)
+        loss = self.forward_loss(img, pred, mask, masks_per_clip)
         return loss, pred, mask
 
     # --- persistence ----------------------------------------------------------------------------------------------
@@ -173,6 +187,11 @@ class Model(_Encoder):
     def describe(self) -> dict[str, str]:
         """Which implementation each op of this instance uses."""
         return self.ops.report
+
+
+def _repeat_clips(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``(B, ...)`` -> ``(B*m, ...)`` with each clip's copies adjacent (no copy when m == 1)."""
+    return x if m == 1 else x.repeat_interleave(m, dim=0)
 
 
 def _fit_pos_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -213,28 +232,67 @@ class Classifier(_Encoder):
         self._init_common()
         nn.init.normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
 
-    def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
-        """spec -> encoder tokens ``(B, 1+L', D)`` (L' = L - patchout in training)."""
+    def forward_features(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """spec -> encoder tokens ``(B, 1+L', D)`` (L' = L - patchout in training).
+
+        ``lengths`` ``(B,)``: valid frames per clip of a right-padded batch; tokens of patches that reach past a
+        clip's end are padding: no token attends to them (key padding mask) and pooling ignores them.
+        """
         img = check_spec(spec, self.config)
         p = self.config.patch_size
         grid = (img.shape[-2] // p, img.shape[-1] // p)
         pos = self.encoder_pos(grid)
         x = self.patch_embed(img) + pos[:, 1:]  # (B, L, D)
         b, n, _ = x.shape
+        pad = self.token_padding(lengths, grid, img.device) if lengths is not None else None  # (B, 1+L) or None
         if self.training and self.patchout > 0 and n - self.patchout >= 1:
-            x, _, _, _ = random_masking(x, self.patchout / n, None)  # keep int(L*(1-r)) tokens
+            if pad is not None:
+                raise ValueError("patchout with a lengths tensor is not supported; pad clips or drop patchout")
+            _, _, ids_keep, _ = masking_ids(torch.rand(b, n, device=x.device), n - self.patchout)
+            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L - patchout, D)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, pad)
+        self._last_padding = pad
         return x
 
-    def embed(self, spec: torch.Tensor) -> torch.Tensor:
-        """Clip embedding ``(B, D)``: fc_norm(mean of patch tokens)."""
-        return self.fc_norm(self.forward_features(spec)[:, 1:].mean(dim=1))
+    def token_padding(self, lengths: torch.Tensor, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """``(B, 1+L)`` bool, True where a patch token lies (partly) beyond the clip's valid frames; CLS is valid."""
+        p = self.config.patch_size
+        valid_cols = (lengths.to(device) // p).clamp(min=1)  # (B,) whole patches inside each clip (at least one)
+        cols = torch.arange(grid[1], device=device).repeat(grid[0])  # (L,) time column of each token
+        pad = cols.unsqueeze(0) >= valid_cols.unsqueeze(1)  # (B, L)
+        return torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(spec))  # (B, num_classes)
+    def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Clip embedding ``(B, D)``: fc_norm(mean of the (valid) patch tokens)."""
+        tokens = self.forward_features(spec, lengths)[:, 1:]  # (B, L, D)
+        if lengths is None:
+            return self.fc_norm(tokens.mean(dim=1))
+        keep = (~self._last_padding[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+        return self.fc_norm((tokens * keep).sum(1) / keep.sum(1))
+
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(spec, lengths))  # (B, num_classes)
+
+    def embed_windows(self, spec: torch.Tensor, hop_frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sliding-window embeddings for audio longer than the positional table.
+
+        Windows of ``config.frames`` frames every ``hop_frames`` (default half a window); the last window is
+        aligned to the end so no frame is lost. Returns embeddings ``(B, W, D)`` and window start frames ``(W,)``.
+        Clips no longer than one window give ``W = 1``.
+        """
+        img = check_spec(spec, self.config)
+        t, win = img.shape[-1], self.config.frames
+        if t <= win:
+            return self.embed(img).unsqueeze(1), torch.zeros(1, dtype=torch.long)
+        hop = hop_frames or win // 2
+        starts = list(range(0, t - win + 1, hop))
+        if starts[-1] != t - win:
+            starts.append(t - win)
+        embs = [self.embed(img[..., s : s + win]) for s in starts]
+        return torch.stack(embs, dim=1), torch.tensor(starts)
 
     # --- starting from pre-training ------------------------------------------------------------------------------
     def load_encoder(self, state: dict[str, torch.Tensor]) -> list[str]:

@@ -1,0 +1,37 @@
+# Everything a fresh machine needs, from this repository's own files.
+#   make test   - create .venv, install pinned CPU dependencies + the package (C++ extension built when possible), run the tests
+#   make demo   - the main job: pre-train MaskSpec-tiny on built-in sounds, fine-tune, print the accuracy
+#   make bench  - CPU benchmarks (throughput, kernels, patchify, front end)
+#   make lint   - ruff
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench lint clean
+
+$(VENV)/.installed: requirements-ci.txt pyproject.toml setup.py
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q -r requirements-ci.txt
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	bash benchmarks/demo.sh
+
+bench: install
+	$(VPY) benchmarks/throughput.py
+	$(VPY) benchmarks/kernels.py
+	$(VPY) benchmarks/patchify.py
+	$(VPY) benchmarks/frontend.py
+
+lint: install
+	$(VPY) -m ruff check maskspec_fast tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

@@ -1,0 +1,1 @@
+"""Training: ``python -m maskspec_fast.train {pretrain,finetune,eval}`` (see ``--help``)."""

@@ -1,0 +1,242 @@
+"""``python -m maskspec_fast.train {pretrain,finetune,eval}``: the training command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..backends import format_backends
+from ..config import ModelConfig
+from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
+
+EXAMPLES = """examples:
+  # pre-train MaskSpec-tiny on the built-in synthetic sounds (CPU-sized decoder), then fine-tune and evaluate
+  python -m maskspec_fast.train pretrain --preset tiny --data synthetic:2000 --out runs/pt
+  python -m maskspec_fast.train finetune --init runs/pt/final --data synthetic:400:seed=1 \\
+      --eval-data synthetic:400:seed=2 --out runs/ft
+  python -m maskspec_fast.train eval --checkpoint runs/ft/final --data synthetic:400:seed=2
+data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1,2,3] | manifest:FILE(.csv|.jsonl)
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="training (or evaluation) data spec, see below")
+    g.add_argument("--clip-seconds", type=float, default=None,
+                   help="clip length in seconds (default: 2.56 for synthetic data, 10 otherwise)")
+    g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    g.add_argument("--skip-bad-files", action="store_true",
+                   help="replace corrupt/unreadable files by other clips and count them instead of stopping")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, help="output directory (checkpoints, log.csv, final/)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--fused", action="store_true", help="use the fused fast path (reports what it found)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _optim(p: argparse.ArgumentParser, steps: int, blr: float, warmup: int) -> None:
+    g = p.add_argument_group("optimization")
+    g.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    g.add_argument("--blr", type=float, default=blr, help="base lr; peak lr = blr * global_batch / 256 (MAE rule)")
+    g.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--warmup-steps", type=int, default=warmup)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    g.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    g.add_argument("--resume", default=None, help="checkpoint directory, or 'auto' for the newest in --out")
+    g.add_argument("--log-every", type=int, default=5)
+    g.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/Inf (counted)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m maskspec_fast.train",
+        description="MaskSpec pre-training, fine-tuning and evaluation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="masked-spectrogram pre-training", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _optim(p, steps=300, blr=1.5e-4, warmup=30)
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny")
+    g.add_argument("--mask-ratio", type=float, default=0.75)
+    g.add_argument("--masks-per-clip", type=int, default=1,
+                   help="independent masks per clip per step (EAT's multi-mask trick; patch embedding shared)")
+    g.add_argument("--decoder-dim", type=int, default=None, help="override the preset's decoder width")
+    g.add_argument("--decoder-depth", type=int, default=None)
+    g.add_argument("--decoder-heads", type=int, default=None)
+    g.add_argument("--no-norm-pix", action="store_true", help="plain (unnormalized) patch targets")
+    g.add_argument("--no-mel-jitter", action="store_true", help="disable the fmin/fmax jitter augmentation")
+
+    p = sub.add_parser("finetune", help="fine-tune a classifier", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    _optim(p, steps=200, blr=1e-3, warmup=20)
+    g = p.add_argument_group("model")
+    g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
+    g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
+    g.add_argument("--eval-data", default=None, help="evaluated at the end (and every --eval-every steps)")
+    g.add_argument("--layer-decay", type=float, default=0.75)
+    g.add_argument("--drop-path", type=float, default=0.1)
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--patchout", type=int, default=0, help="patch tokens dropped per clip in training")
+
+    p = sub.add_parser("eval", help="evaluate a fine-tuned classifier", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--checkpoint", required=True, help="a Classifier save_pretrained directory")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return d
+
+
+def _dataset(spec: str, args, train: bool):
+    from ..data import build_dataset
+
+    kw = dict(train=train, seed=args.seed, on_error="skip" if args.skip_bad_files else "raise")
+    if args.clip_seconds is not None:
+        kw["clip_seconds"] = args.clip_seconds
+    return build_dataset(spec, **kw)
+
+
+def _frames_for(dataset) -> int:
+    return num_frames(int(round(dataset.clip_seconds * SAMPLE_RATE)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = _device(args.device)
+    if args.precision == "auto":
+        args.precision = "bf16" if device.type == "cuda" else "fp32"
+    print(f"maskspec_fast {args.command}: device={device}, precision={args.precision}, fused={args.fused}")
+    if args.fused:
+        print(format_backends())
+    try:
+        return _COMMANDS[args.command](args, device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _pretrain(args, device) -> int:
+    from ..model import Model
+    from .loop import train
+    from .tasks import PretrainTask
+
+    ds = _dataset(args.data, args, train=True)
+    frames = _frames_for(ds)
+    over = {"frames": frames // 16 * 16, "mask_ratio": args.mask_ratio, "norm_pix_loss": not args.no_norm_pix}
+    for k, a in (("decoder_embed_dim", "decoder_dim"), ("decoder_depth", "decoder_depth"),
+                 ("decoder_num_heads", "decoder_heads")):
+        if getattr(args, a) is not None:
+            over[k] = getattr(args, a)
+    config = ModelConfig.from_preset(args.preset, **over)
+    model = Model(config, fused=args.fused).to(device)
+    args.out = args.out or "runs/pretrain"
+    print(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); "
+          f"model: {args.preset} {config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
+    frontend = LogMel(fmin_jitter=0 if args.no_mel_jitter else 9, fmax_jitter=0 if args.no_mel_jitter else 1000)
+    result = train(PretrainTask(model, args.mask_ratio, args.masks_per_clip), ds, args, frontend.to(device), device)
+    first, last = _mean(result["losses"][:10]), _mean(result["losses"][-10:])
+    print(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
+          f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
+    _write_json(Path(args.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
+                {"loss_first10": first, "loss_last10": last})
+    return 0
+
+
+def _finetune(args, device) -> int:
+    from ..model import Classifier
+    from .loop import train
+    from .tasks import FinetuneTask
+
+    ds = _dataset(args.data, args, train=True)
+    frames = _frames_for(ds)
+    if args.init:
+        clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
+                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16)
+        print(f"initialized the encoder from {args.init}")
+    else:
+        config = ModelConfig.from_preset(args.preset, frames=frames // 16 * 16, drop_path_rate=args.drop_path)
+        clf = Classifier(config, ds.num_classes, fused=args.fused)
+        print("encoder randomly initialized (no --init)")
+    clf.patchout = args.patchout
+    clf.to(device)
+    args.out = args.out or "runs/finetune"
+    print(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
+    task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay)
+    result = train(task, ds, args, LogMel().to(device), device)
+    print(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
+    summary = {k: v for k, v in result.items() if k != "losses"}
+    if args.eval_data:
+        summary["eval"] = _evaluate(clf, args.eval_data, args, device)
+    _write_json(Path(args.out) / "summary.json", summary)
+    return 0
+
+
+def _eval(args, device) -> int:
+    from ..model import Classifier
+
+    clf = Classifier.from_pretrained(args.checkpoint, fused=args.fused).to(device)
+    metrics = _evaluate(clf, args.data, args, device)
+    if args.out:
+        _write_json(Path(args.out) / "eval.json", metrics)
+    return 0
+
+
+def _evaluate(clf, spec: str, args, device) -> dict:
+    from .loop import predict
+    from .metrics import accuracy, mean_average_precision
+
+    ds = _dataset(spec, args, train=False)
+    if ds.num_classes != clf.num_classes:
+        raise ValueError(f"{spec}: {ds.num_classes} classes, the classifier has {clf.num_classes}")
+    logits, labels = predict(clf, ds, args, LogMel().to(device), device)
+    if ds.multilabel:
+        result = {"mAP": mean_average_precision(torch.sigmoid(logits), labels), "clips": len(ds)}
+        print(f"eval on {spec}: mAP = {result['mAP']:.4f} over {len(ds)} clips")
+    else:
+        result = {"accuracy": accuracy(logits, labels), "clips": len(ds), "chance": 1.0 / ds.num_classes}
+        print(f"eval on {spec}: accuracy = {result['accuracy']:.4f} over {len(ds)} clips "
+              f"(chance {result['chance']:.4f})")
+    return result
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+_COMMANDS = {"pretrain": _pretrain, "finetune": _finetune, "eval": _eval}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Reference ops against PAPER.md's definitions: hand-computed small cases and fresh random inputs."""
+import pytest
+import torch
+
+from maskspec_fast.ops import (
+    gather_visible_ref,
+    masked_mse,
+    normalize_patches,
+    num_visible,
+    patchify,
+    random_masking,
+    sincos_2d,
+    unpatchify,
+    unshuffle_ref,
+)
+from maskspec_fast.ops.attention import attention, attention_ref
+from maskspec_fast.ops.pos_embed import resize_pos_embed
+
+
+@pytest.mark.parametrize("b,f,t,p", [(1, 16, 16, 16), (2, 128, 992, 16), (3, 32, 1000, 16), (1, 8, 13, 4)])
+def test_patchify_definition(b, f, t, p):
+    spec = torch.randn(b, f, t)
+    out = patchify(spec, p)
+    gf, gt = f // p, t // p
+    assert out.shape == (b, gf * gt, p * p)
+    for _ in range(20):  # out[b, i*gt + j, u*p + v] = spec[b, i*p + u, j*p + v]
+        bi, i, j = torch.randint(b, ()).item(), torch.randint(gf, ()).item(), torch.randint(gt, ()).item()
+        u, v = torch.randint(p, ()).item(), torch.randint(p, ()).item()
+        assert out[bi, i * gt + j, u * p + v] == spec[bi, i * p + u, j * p + v]
+    back = unpatchify(out, (gf, gt), p)
+    assert torch.equal(back, spec[:, : gf * p, : gt * p])
+    assert torch.equal(patchify(spec.unsqueeze(1), p), out)  # (B, 1, F, T) form
+
+
+def test_patchify_matches_conv_patch_embedding():
+    """Patchify + Linear(256, D) with the flattened conv kernel equals Conv2d(1, D, 16, stride 16)."""
+    conv = torch.nn.Conv2d(1, 7, 16, stride=16)
+    spec = torch.randn(2, 1, 32, 50)
+    ref = conv(spec).flatten(2).transpose(1, 2)
+    lin = patchify(spec) @ conv.weight.flatten(1).T + conv.bias
+    torch.testing.assert_close(lin, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_patchify_too_small_is_value_error():
+    with pytest.raises(ValueError, match="smaller than one"):
+        patchify(torch.randn(1, 128, 15))
+    with pytest.raises(ValueError, match="expected a spectrogram"):
+        patchify(torch.randn(128, 100))
+
+
+def test_random_masking_hand_case():
+    # noise ranks: sample 0 keeps patches 2 and 0 (smallest noise), sample 1 keeps 3 and 1
+    noise = torch.tensor([[0.2, 0.9, 0.1, 0.5], [0.8, 0.3, 0.7, 0.0]])
+    x = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    xv, mask, ids_restore, ids_keep = random_masking(x, 0.5, noise)
+    assert ids_keep.tolist() == [[2, 0], [3, 1]]
+    assert mask.tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]
+    assert xv[..., 0].tolist() == [[2.0, 0.0], [7.0, 5.0]]
+    assert ids_restore.tolist() == [[1, 3, 0, 2], [3, 1, 2, 0]]
+
+
+@pytest.mark.parametrize("b,n,d,r", [(1, 496, 8, 0.75), (3, 31, 5, 0.75), (2, 97, 3, 0.5), (1, 7, 2, 0.0)])
+def test_random_masking_properties(b, n, d, r):
+    x = torch.randn(b, n, d)
+    noise = torch.rand(b, n)
+    xv, mask, ids_restore, ids_keep = random_masking(x, r, noise)
+    k = int(n * (1 - r))
+    assert k == num_visible(n, r) and xv.shape == (b, k, d) and mask.shape == (b, n)
+    assert torch.equal(mask.sum(1), torch.full((b,), float(n - k)))
+    ids_shuffle = torch.argsort(noise, dim=1)
+    assert torch.equal(ids_keep, ids_shuffle[:, :k])
+    assert torch.equal(torch.gather(ids_shuffle, 1, ids_restore), torch.arange(n).expand(b, n))
+    for bi in range(b):
+        assert torch.equal(xv[bi], x[bi, ids_keep[bi]])
+        assert mask[bi, ids_keep[bi]].sum() == 0
+    assert num_visible(496, 0.75) == 124
+
+
+def test_norm_pix_uses_unbiased_variance():
+    p = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    mean, var = 3.0, ((4 + 1 + 0 + 9) / 3)  # unbiased: divide by n-1
+    expected = (p - mean) / (var + 1e-6) ** 0.5
+    torch.testing.assert_close(normalize_patches(p), expected)
+
+
+def test_masked_mse_definition():
+    b, n, k = 3, 29, 64
+    pred, target = torch.randn(b, n, k), torch.randn(b, n, k) * 3 + 1
+    mask = (torch.rand(b, n) > 0.5).float()
+    mask[0, 0] = 1
+    t = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
+    expected = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(masked_mse(pred, target, mask), expected)
+    raw = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(masked_mse(pred, target, mask, norm_pix=False), raw)
+    for dt in (torch.float16, torch.bfloat16):  # low-precision inputs, fp32 math
+        out = masked_mse(pred.to(dt), target.to(dt), mask)
+        assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+def test_gather_and_unshuffle_definitions():
+    b, n, d = 2, 13, 6
+    x, pos = torch.randn(b, n, d), torch.randn(n, d)
+    _, _, ids_restore, ids_keep = random_masking(x, 0.75, torch.rand(b, n))
+    k = ids_keep.shape[1]
+    g = gather_visible_ref(x, ids_keep, pos)
+    for bi in range(b):
+        assert torch.equal(g[bi], x[bi, ids_keep[bi]] + pos[ids_keep[bi]])
+    tok = torch.randn(d)
+    out = unshuffle_ref(g, tok, ids_restore, pos)
+    for bi in range(b):
+        for li in range(n):
+            r = ids_restore[bi, li]
+            want = (g[bi, r] if r < k else tok) + pos[li]
+            torch.testing.assert_close(out[bi, li], want)
+
+
+@pytest.mark.parametrize("n", [1, 5, 17])
+def test_attention_backends_match_reference(n):
+    q, k, v = (torch.randn(2, 3, n, 8) for _ in range(3))
+    ref = attention_ref(q, k, v)
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).softmax(-1)
+    torch.testing.assert_close(ref, scores @ v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, backend="sdpa"), ref, rtol=1e-4, atol=1e-5)
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    if n > 1:
+        pad[0, -1] = True
+        masked = attention_ref(q, k, v, pad)
+        torch.testing.assert_close(attention(q, k, v, pad, backend="sdpa"), masked, rtol=1e-4, atol=1e-5)
+        # the padded key gets no weight: changing its value changes nothing
+        v2 = v.clone()
+        v2[0, :, -1] += 100
+        torch.testing.assert_close(attention_ref(q, k, v2, pad)[0], masked[0])
+
+
+def test_sincos_table_and_resize():
+    tab = sincos_2d(16, (2, 5))
+    assert tab.shape == (11, 16) and torch.all(tab[0] == 0)
+    # first half encodes time (column), second half frequency (row)
+    body = tab[1:].reshape(2, 5, 16)
+    assert torch.equal(body[0, :, :8], body[1, :, :8]) and torch.equal(body[:, 0, 8:], body[:, 3, 8:])
+    longer = sincos_2d(16, (2, 9)).unsqueeze(0)
+    cropped = resize_pos_embed(longer, (2, 9), (2, 5))
+    torch.testing.assert_close(cropped[0], tab)  # crop of a sin-cos table = the smaller table
+    grown = resize_pos_embed(tab.unsqueeze(0), (2, 5), (2, 9))
+    assert grown.shape == (1, 19, 16)
