@@ -184,6 +184,19 @@ class Model(_Encoder):
         model.load_state_dict(_fit_pos_tables(state, model), strict=True)
         return model
 
+    @classmethod
+    def from_mae_checkpoint(cls, path: str | os.PathLike, fused: bool | None = None, **overrides: Any) -> Model:
+        """Load a MAE-style pre-training ``.pth`` (weights only); positional tables of other grids are resized."""
+        from .interop import infer_config, read_state_dict
+
+        state = read_state_dict(path)
+        model = cls(infer_config(state, **overrides), fused=fused)
+        try:
+            model.load_state_dict(_fit_pos_tables(state, model), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: does not match a MaskSpec pre-training model ({e})") from e
+        return model
+
     def describe(self) -> dict[str, str]:
         """Which implementation each op of this instance uses."""
         return self.ops.report
@@ -353,6 +366,27 @@ class Classifier(_Encoder):
             clf.load_encoder(state)
             return clf
         raise ValueError(f"{directory}: unknown model_type {kind!r}")
+
+    @classmethod
+    def from_mae_checkpoint(
+        cls, path: str | os.PathLike, num_classes: int | None = None, fused: bool | None = None, **overrides: Any
+    ) -> Classifier:
+        """Start from a MAE-style ``.pth``: a fine-tuned one (with ``head``) loads whole when ``num_classes`` matches
+        or is None; otherwise (pre-training checkpoints) the encoder loads and the head starts fresh."""
+        from .interop import infer_config, read_state_dict
+
+        state = read_state_dict(path)
+        head = state.get("head.weight")
+        n = num_classes if num_classes is not None else (head.shape[0] if head is not None else None)
+        if n is None:
+            raise ValueError(f"{path}: has no classification head; pass num_classes")
+        clf = cls(infer_config(state, **overrides), n, fused=fused)
+        if head is not None and head.shape[0] == n and "fc_norm.weight" in state:
+            own = {k: v for k, v in state.items() if k in clf.state_dict()}
+            clf.load_state_dict(_fit_pos_tables(own, clf), strict=True)
+        else:
+            clf.load_encoder(state)
+        return clf
 
     def describe(self) -> dict[str, str]:
         return self.ops.report
