@@ -57,6 +57,9 @@ def _optim(p: argparse.ArgumentParser, steps: int, blr: float, warmup: int) -> N
     g.add_argument("--resume", default=None, help="checkpoint directory, or 'auto' for the newest in --out")
     g.add_argument("--log-every", type=int, default=5)
     g.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/Inf (counted)")
+    g.add_argument("--tensorboard", action="store_true", help="also log scalars to <out>/tensorboard")
+    g.add_argument("--picture-every", type=int, default=100,
+                   help="pre-training: save reconstruction PNGs to <out>/pictures every N steps (0: never)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _optim(p, steps=300, blr=1.5e-4, warmup=30)
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any ModelConfig field, e.g. --set depth=4 (repeatable)")
     g.add_argument("--mask-ratio", type=float, default=0.75)
     g.add_argument("--masks-per-clip", type=int, default=1,
                    help="independent masks per clip per step (EAT's multi-mask trick; patch embedding shared)")
@@ -90,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelConfig field when building without --init (repeatable)")
     g.add_argument("--eval-data", default=None, help="evaluated at the end (and every --eval-every steps)")
     g.add_argument("--layer-decay", type=float, default=0.75)
     g.add_argument("--drop-path", type=float, default=0.1)
@@ -101,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--checkpoint", required=True, help="a Classifier save_pretrained directory")
     return parser
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["depth=4", "norm_pix_loss=false"]`` -> typed ModelConfig overrides."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = str(types[key])
+        if "bool" in kind:
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif "int" in kind:
+            out[key] = int(value)
+        elif "float" in kind:
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -155,7 +184,7 @@ def _pretrain(args, device) -> int:
                  ("decoder_num_heads", "decoder_heads")):
         if getattr(args, a) is not None:
             over[k] = getattr(args, a)
-    config = ModelConfig.from_preset(args.preset, **over)
+    config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), **over})
     model = Model(config, fused=args.fused).to(device)
     args.out = args.out or "runs/pretrain"
     print(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); "
@@ -182,7 +211,8 @@ def _finetune(args, device) -> int:
                                          drop_path_rate=args.drop_path, frames=frames // 16 * 16)
         print(f"initialized the encoder from {args.init}")
     else:
-        config = ModelConfig.from_preset(args.preset, frames=frames // 16 * 16, drop_path_rate=args.drop_path)
+        config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
+                                                          "drop_path_rate": args.drop_path})
         clf = Classifier(config, ds.num_classes, fused=args.fused)
         print("encoder randomly initialized (no --init)")
     clf.patchout = args.patchout

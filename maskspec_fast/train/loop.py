@@ -63,8 +63,34 @@ def to_spec(frontend: LogMel, wave: torch.Tensor, device: torch.device) -> torch
     return frontend(wave.to(device, non_blocking=True))
 
 
+class TensorBoard:
+    """Optional TensorBoard scalars (``--tensorboard``); a no-op when disabled."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(f"--tensorboard needs the tensorboard package: pip install tensorboard ({e})") from e
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train(task, dataset, args: argparse.Namespace, frontend: LogMel, device: torch.device, log=print) -> dict:
-    """Run ``args.steps`` optimizer steps of ``task`` on ``dataset``; returns a summary dict."""
+    """Run ``args.steps`` optimizer steps of ``task`` on ``dataset``; returns a summary dict.
+
+    ``task.picture(spec, path)`` (if the task has one) is called every ``args.picture_every`` steps on a fixed
+    batch, and training curves are drawn from the CSV log at the end.
+    """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = task.model
@@ -91,6 +117,9 @@ def train(task, dataset, args: argparse.Namespace, frontend: LogMel, device: tor
 
     fields = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "elapsed_s", "skipped_bad"]
     csv_log = CsvLog(out / "log.csv", fields)
+    tb = TensorBoard(out, getattr(args, "tensorboard", False))
+    picture_every = getattr(args, "picture_every", 0) if hasattr(task, "picture") else 0
+    picture_spec = None
     clip_s = getattr(dataset, "clip_seconds", float("nan"))
     bar = tqdm(total=args.steps, initial=step, desc=task.name, unit="step", dynamic_ncols=True, disable=args.quiet)
     t0, last_t, last_step = time.time(), time.time(), step
@@ -99,13 +128,21 @@ def train(task, dataset, args: argparse.Namespace, frontend: LogMel, device: tor
     frontend.train(task.name == "pretrain")
     while step < args.steps:
         sampler.set_epoch(epoch, skip=batch_in_epoch * args.batch_size)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)  # fresh random crops per epoch, independent of the worker count
         loader = make_loader(dataset, sampler, args.batch_size, args.workers, args.seed, epoch)
         for batch in loader:
-            skipped_bad += len(batch.get("replaced", []))
+            for bad_path, problem in batch.get("replaced", []):
+                skipped_bad += 1
+                with (out / "bad_files.csv").open("a") as fh:
+                    fh.write(f"{step},{bad_path},{problem}\n")
+                bar.write(f"skipped bad file {bad_path}: {problem} (replaced by another clip)")
             lr = warmup_cosine(step, args.steps, args.warmup_steps, peak_lr, args.min_lr)
             set_lr(optimizer, lr)
             spec = to_spec(frontend, batch["wave"], device)
             labels = batch["label"].to(device)
+            if picture_every and picture_spec is None:
+                picture_spec = spec[:4].detach().clone()  # a fixed batch to watch the reconstructions improve
             loss = _accumulated_step(task, spec, labels, args.accum_steps, device, args.precision)
             if not math.isfinite(loss):
                 nonfinite += 1
@@ -132,8 +169,12 @@ def train(task, dataset, args: argparse.Namespace, frontend: LogMel, device: tor
                            samples_per_s=f"{sps:.2f}", audio_s_per_s=f"{sps * clip_s:.1f}",
                            elapsed_s=f"{now - t0:.1f}", skipped_bad=skipped_bad)
                 csv_log.write(row)
+                tb.scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": float(grad_norm),
+                                  "train/samples_per_s": sps})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
             bar.update(1)
+            if picture_every and (step % picture_every == 0 or step == args.steps):
+                task.picture(picture_spec, out / "pictures" / f"reconstruction_step_{step:08d}.png", f"step {step}")
             if args.save_every and step % args.save_every == 0 and step < args.steps:
                 _save(out, step, model, optimizer, epoch, batch_in_epoch, skipped_bad, nonfinite, args.keep)
             if step >= args.steps:
@@ -144,11 +185,18 @@ def train(task, dataset, args: argparse.Namespace, frontend: LogMel, device: tor
         break
     bar.close()
     csv_log.close()
+    tb.close()
+    try:
+        from ..viz import save_curves
+
+        save_curves(out / "log.csv", out / "curves.png")
+    except (ImportError, ValueError, OSError, KeyError) as e:  # pictures are a convenience, never a failure
+        log(f"note: training curves not drawn ({e})")
     _save(out, step, model, optimizer, epoch, batch_in_epoch, skipped_bad, nonfinite, args.keep)
     final = out / "final"
     model.save_pretrained(final)
     if skipped_bad:
-        log(f"warning: {skipped_bad} bad audio file(s) were replaced during training (see the dataset log)")
+        log(f"warning: {skipped_bad} bad audio file(s) were replaced during training (listed in {out / 'bad_files.csv'})")
     return {"steps": step, "final": str(final), "losses": losses, "skipped_bad": skipped_bad, "nonfinite": nonfinite,
             "seconds": time.time() - t0}
 

@@ -24,6 +24,19 @@ class PretrainTask:
     def groups(self, weight_decay: float) -> list[dict]:
         return param_groups(self.model, weight_decay)
 
+    @torch.no_grad()
+    def picture(self, spec: torch.Tensor, path, title: str = "") -> None:
+        """Save input | masked | reconstruction for a few clips (fixed mask seed so pictures compare over time)."""
+        from ..viz import save_reconstructions
+
+        was_training = self.model.training
+        self.model.eval()
+        g = torch.Generator().manual_seed(0)
+        noise = torch.rand(spec.shape[0], self.model.config.num_patches, generator=g).to(spec.device)
+        _, pred, mask = self.model(spec, mask_ratio=self.mask_ratio, noise=noise)
+        save_reconstructions(spec, pred, mask, path, self.model.config.patch_size, self.model.config.norm_pix_loss, title)
+        self.model.train(was_training)
+
 
 class FinetuneTask:
     """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing."""
