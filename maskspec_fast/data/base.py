@@ -1,0 +1,220 @@
+"""The one Dataset interface shared by every source (synthetic, folders, ESC-50, manifests) and its collate.
+
+A sample is a dict::
+
+    {"wave": FloatTensor (clip_samples,),            # mono, sample_rate Hz, cropped / zero-padded
+     "label": LongTensor () | FloatTensor (C,),       # class index (-1 unlabeled) | multi-hot (multilabel sets)
+     "path": str,                                     # "" for synthetic clips
+     "index": int,                                    # the index whose audio and label these are
+     "replaced": str, "replaced_reason": str}         # "" unless on_error="skip" replaced a bad file
+
+With ``on_error="skip"`` a file that fails to load (:class:`~maskspec_fast.frontend.audio.AudioFileError`) is
+replaced by the next index that loads (wrapping around); the sample then names the bad file in ``replaced`` and
+the problem in ``replaced_reason``, so the training loop can count it: each bad file is reported every time its
+index is drawn, nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..frontend.audio import SAMPLE_RATE, AudioFileError, crop_or_pad, load_audio
+
+ON_ERROR = ("raise", "skip")
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be built (missing / malformed index file, missing files, no audio found)."""
+
+
+class AudioDataset(Dataset):
+    """Base class: fixed-length mono clips with labels, common options and the skip-on-error policy.
+
+    Args:
+        clip_seconds: clip length; ``clip_samples = round(clip_seconds * sample_rate)``.
+        sample_rate: output rate in Hz (files are resampled to it).
+        train: random crop of longer clips (seeded by ``(seed, epoch, index)``, see :meth:`set_epoch`) when True,
+            the first ``clip_samples`` when False.
+        seed: base seed of all randomness in the set (crops, synthetic content).
+        on_error: ``"raise"`` the :class:`AudioFileError` of a bad file, or ``"skip"`` it (see module doc).
+
+    Subclasses set ``class_names`` (list[str]) and ``multilabel`` and implement ``__len__``, ``_load(index)``
+    (returning ``(wave (n,), path)``) and ``_label(index)`` (int, -1 for unlabeled, or list[int] if multilabel).
+    """
+
+    multilabel: bool = False
+    class_names: list[str] = []
+
+    def __init__(
+        self,
+        clip_seconds: float = 10.0,
+        sample_rate: int = SAMPLE_RATE,
+        train: bool = False,
+        seed: int = 0,
+        on_error: str = "raise",
+    ):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if not clip_seconds > 0:
+            raise ValueError(f"clip_seconds must be positive, got {clip_seconds}")
+        self.clip_seconds = float(clip_seconds)
+        self.sample_rate = int(sample_rate)
+        self.clip_samples = int(round(self.clip_seconds * self.sample_rate))
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.on_error = on_error
+        self.epoch = 0
+
+    # ----------------------------------------------------------------------------------------------- labels
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _label(self, index: int) -> int | list[int]:
+        raise NotImplementedError
+
+    def _label_tensor(self, label: int | list[int]) -> torch.Tensor:
+        if self.multilabel:
+            hot = torch.zeros(self.num_classes, dtype=torch.float32)
+            hot[list(label)] = 1.0
+            return hot  # (C,)
+        return torch.tensor(int(label), dtype=torch.long)  # ()
+
+    def class_counts(self) -> torch.Tensor:
+        """Clips per class ``(C,)`` int64 (a multi-label clip counts once for each of its classes)."""
+        counts = torch.zeros(self.num_classes, dtype=torch.long)
+        for i in range(len(self)):
+            lab = self._label(i)
+            for c in lab if isinstance(lab, (list, tuple)) else [lab]:
+                if c >= 0:
+                    counts[c] += 1
+        return counts
+
+    def class_weights(self, smoothing: float = 0.0) -> torch.Tensor:
+        """Inverse-frequency class weights ``w_c = 1 / (count_c + smoothing)``, ``(C,)`` float32, scaled so the
+        weights of the classes present average 1; absent classes get 0."""
+        counts = self.class_counts().double()
+        w = torch.where(counts > 0, 1.0 / (counts + smoothing), torch.zeros_like(counts))
+        present = counts > 0
+        if present.any():
+            w = w / w[present].mean()
+        return w.float()
+
+    def sample_weights(self, smoothing: float = 0.0) -> torch.Tensor:
+        """Per-clip weights ``(N,)`` float64 for ``torch.utils.data.WeightedRandomSampler`` (class-balanced
+        sampling): ``s_i = sum_{c in labels(i)} w_c``; a clip without labels gets the smallest positive ``w_c``."""
+        w = self.class_weights(smoothing).double()
+        floor = float(w[w > 0].min()) if (w > 0).any() else 1.0
+        out = torch.empty(len(self), dtype=torch.float64)
+        for i in range(len(self)):
+            lab = self._label(i)
+            labs = [c for c in (lab if isinstance(lab, (list, tuple)) else [lab]) if c >= 0]
+            out[i] = float(w[labs].sum()) if labs else floor
+        return out
+
+    # ------------------------------------------------------------------------------------------ loading
+    def set_epoch(self, epoch: int) -> None:
+        """Training crops are drawn from ``(seed, epoch, index)``: call once per epoch for fresh crops that do not
+        depend on the number of DataLoader workers."""
+        self.epoch = int(epoch)
+
+    def _generator(self, index: int, stream: int = 0) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.epoch, int(index), stream]).generate_state(
+            2, np.uint32
+        )
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def _load(self, index: int) -> tuple[torch.Tensor, str]:
+        raise NotImplementedError
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        wave, path = self._load(index)
+        wave = crop_or_pad(wave, self.clip_samples, random=self.train, generator=self._generator(index))
+        return {
+            "wave": wave.float().contiguous(),
+            "label": self._label_tensor(self._label(index)),
+            "path": path,
+            "index": int(index),
+            "replaced": "",
+            "replaced_reason": "",
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of {n} clips")
+        try:
+            return self._sample(index)
+        except AudioFileError as err:
+            if self.on_error == "raise":
+                raise
+            first = err
+        for k in range(1, n):
+            j = (index + k) % n
+            try:
+                sample = self._sample(j)
+            except AudioFileError:
+                continue  # reported when its own index is drawn
+            sample["replaced"], sample["replaced_reason"] = first.path, first.problem
+            return sample
+        raise DatasetError(f"{type(self).__name__}: none of the {n} files could be loaded (first: {first})")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(clips={len(self)}, classes={self.num_classes}, multilabel={self.multilabel}, "
+            f"clip_seconds={self.clip_seconds}, sample_rate={self.sample_rate}, train={self.train}, "
+            f"seed={self.seed}, on_error={self.on_error!r})"
+        )
+
+
+class FileDataset(AudioDataset):
+    """A data set of audio files: ``items[i] = (path, label)`` is the whole index, readable by other pipelines
+    (e.g. DALI) as is. Files are decoded with :func:`~maskspec_fast.frontend.audio.load_audio`; a clip shorter
+    than ``min_samples`` after resampling is an error (default: one 16-frame patch, 5121 samples at 32 kHz)."""
+
+    def __init__(
+        self, items: Sequence[tuple[str, int | list[int]]], min_samples: int | None = None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        from ..frontend.audio import MIN_SAMPLES
+
+        self.items: list[tuple[str, int | list[int]]] = list(items)
+        self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _label(self, index: int) -> int | list[int]:
+        return self.items[index][1]
+
+    def _load(self, index: int) -> tuple[torch.Tensor, str]:
+        path = self.items[index][0]
+        return load_audio(path, self.sample_rate, min_samples=self.min_samples or None), path
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.items]
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples: ``wave (B, clip_samples)``, ``label (B,)`` int64 or ``(B, C)`` float32, ``index (B,)``
+    int64, ``path`` list[str], and ``replaced``: list of ``(bad_path, problem)`` for the samples that replaced a
+    bad file (empty when none), so the caller can count and log them."""
+    if len(batch) == 0:
+        raise ValueError("collate got an empty batch")
+    return {
+        "wave": torch.stack([b["wave"] for b in batch]),
+        "label": torch.stack([b["label"] for b in batch]),
+        "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
+        "path": [b["path"] for b in batch],
+        "replaced": [(b["replaced"], b.get("replaced_reason", "")) for b in batch if b.get("replaced")],
+    }
+
+
+__all__ = ["AudioDataset", "DatasetError", "FileDataset", "collate"]

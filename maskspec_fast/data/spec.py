@@ -1,0 +1,90 @@
+"""``build_dataset("kind:arg[:key=value...]")``: the data sets from one string (the CLI's ``--data``).
+
+    synthetic:2000[:seed=3][:labeled=0]      SyntheticSounds(num_clips=2000, ...)
+    folder:/path/to/audio                    AudioFolder (unlabeled, for pre-training)
+    classes:/path/to/root                    ClassFolders (one sub-folder per class)
+    esc50:/path/to/ESC-50:folds=1,2,3        ESC50
+    manifest:/path/to/train.csv              Manifest (CSV or JSON lines, multi-label)
+
+Options after the argument are ``key=value`` separated by ``:``; values are parsed as int, float, bool
+(true/false/yes/no), comma lists of ints (``folds``) or left as strings. Keyword arguments of the call (e.g.
+``clip_seconds``, ``train``, ``seed``, ``on_error``) are passed to the constructor; options in the string win.
+A path may itself contain ``:``: only trailing ``:key=value`` parts are treated as options.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .base import AudioDataset
+from .files import ESC50, AudioFolder, ClassFolders, Manifest
+from .synthetic import SyntheticSounds
+
+KINDS = {
+    "synthetic": SyntheticSounds,
+    "folder": AudioFolder,
+    "classes": ClassFolders,
+    "esc50": ESC50,
+    "manifest": Manifest,
+}
+_OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _value(key: str, text: str) -> Any:
+    low = text.strip().lower()
+    if key == "folds" or (("," in text) and all(re.fullmatch(r"-?\d+", t.strip()) for t in text.split(","))):
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``"esc50:/data/ESC-50:folds=1,2"`` -> ``("esc50", "/data/ESC-50", {"folds": (1, 2)})``."""
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise ValueError(f"unknown data kind {kind!r} in {spec!r}; expected one of {', '.join(KINDS)}")
+    if not sep or not rest:
+        raise ValueError(
+            f"data spec {spec!r} lacks its argument after '{kind}:' (e.g. {kind}:{_EXAMPLE[kind]})"
+        )
+    parts = rest.split(":")
+    opts: dict[str, Any] = {}
+    while len(parts) > 1 and _OPTION.match(parts[-1]):
+        key, _, val = parts.pop().partition("=")
+        opts[key] = _value(key, val)
+    return kind, ":".join(parts), opts
+
+
+_EXAMPLE = {
+    "synthetic": "2000",
+    "folder": "/path/to/audio",
+    "classes": "/path/to/root",
+    "esc50": "/path/to/ESC-50:folds=1,2,3,4",
+    "manifest": "/path/to/train.csv",
+}
+
+
+def build_dataset(spec: str, **kwargs: Any) -> AudioDataset:
+    """Build a data set from a spec string (see module doc); ``kwargs`` go to the constructor."""
+    kind, arg, opts = parse_spec(spec)
+    kwargs = {**kwargs, **opts}
+    if kind == "synthetic":
+        try:
+            num = int(arg)
+        except ValueError:
+            raise ValueError(f"synthetic:N needs a clip count, got {arg!r} in {spec!r}") from None
+        return SyntheticSounds(num, **kwargs)
+    return KINDS[kind](arg, **kwargs)
+
+
+__all__ = ["KINDS", "build_dataset", "parse_spec"]
