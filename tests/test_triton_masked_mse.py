@@ -1,0 +1,206 @@
+"""Fused Triton masked MSE (loss + gradient in one pass) against the reference ``masked_mse``: loss, grads of
+pred / target / mask with the same upstream gradient, odd shapes, each dtype, NaN-poisoned buffers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskspec_fast.ops import _triton_utils
+from maskspec_fast.ops.masked_mse import masked_mse
+from maskspec_fast.ops.masking import masking_ids
+from maskspec_fast.ops.triton_masked_mse import (
+    MaskedMSELoss,
+    masked_mse_fused,
+    masked_mse_on_masked,
+    masked_mse_on_masked_ref,
+)
+
+pytestmark = pytest.mark.skipif(not _triton_utils.HAS_TRITON, reason="triton not installed")
+
+# (B, L, K, P): MaskSpec's L=496/K=124 with small P, L prime with P=59, B=1 with K=1, full 16x16 patches
+SHAPES = [(2, 496, 124, 64), (1, 31, 7, 59), (1, 5, 1, 3), (1, 23, 5, 256)]
+# gradients are stored in the input dtype: (rtol, atol as a fraction of the largest |reference|)
+GRAD_TOLS = {torch.float32: (1e-5, 1e-6), torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 8e-3)}
+DTYPES = list(GRAD_TOLS)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setenv("MASKSPEC_POISON", "1")
+
+
+def _inputs(b, n, k, p, dtype, device="cpu"):
+    mask, _, _, ids_masked = masking_ids(torch.rand(b, n, device=device), k)
+    pred = torch.randn(b, n, p, dtype=dtype, device=device)
+    target = (torch.randn(b, n, p, device=device) * 3 + 1).to(dtype)  # raw patches: not zero-mean, not unit
+    return pred, target, mask, ids_masked
+
+
+def _check_grad(actual, expected, dtype, name):
+    assert actual is not None and expected is not None, name
+    assert actual.dtype == expected.dtype, name
+    assert not torch.isnan(actual).any(), f"{name}: NaN left in the output (element not written?)"
+    rtol, frac = GRAD_TOLS[dtype]
+    atol = frac * expected.abs().max().item() + 1e-12
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def _check_loss(actual, expected):
+    assert actual.dtype == torch.float32 and actual.dim() == 0
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=2e-5)  # fp32 math on identical inputs
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_matches_reference(shape, dtype, norm_pix):
+    pred, target, mask, _ = _inputs(*shape, dtype)
+    # a mask that needs its gradient makes the kernel read weight-0 rows too; half the cases take each path
+    mask_grad = not norm_pix
+    leaves_f = [t.clone().requires_grad_(t is not mask or mask_grad) for t in (pred, target, mask)]
+    leaves_r = [t.clone().requires_grad_(t is not mask or mask_grad) for t in (pred, target, mask)]
+    loss_f = masked_mse_fused(*leaves_f, norm_pix=norm_pix)
+    loss_r = masked_mse(*leaves_r, norm_pix=norm_pix)
+    _check_loss(loss_f, loss_r)
+    g = torch.rand(()) + 0.5  # same upstream gradient, not 1
+    loss_f.backward(g)
+    loss_r.backward(g)
+    for name, a, e in zip(("pred", "target", "mask"), leaves_f, leaves_r, strict=True):
+        if a.requires_grad:
+            _check_grad(a.grad, e.grad, dtype, f"grad_{name}")
+        else:
+            assert a.grad is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_on_masked_matches_reference(shape, dtype):
+    """Equal to masked_mse(full_pred, target, mask) with full_pred holding pred_masked at ids_masked."""
+    b, n, k, p = shape
+    pred, target, mask, ids_masked = _inputs(b, n, k, p, dtype)
+    idx = ids_masked.unsqueeze(-1).expand(-1, -1, p)
+    pred_masked = torch.gather(pred, 1, idx)  # (B, M, P)
+    pm_f, t_f = pred_masked.clone().requires_grad_(), target.clone().requires_grad_()
+    loss_f = masked_mse_on_masked(pm_f, t_f, ids_masked)
+    full = torch.randn_like(pred).scatter(1, idx, pred_masked).requires_grad_()  # unmasked rows: anything
+    t_r = target.clone().requires_grad_()
+    loss_r = masked_mse(full, t_r, mask)
+    _check_loss(loss_f, loss_r)
+    _check_loss(masked_mse_on_masked_ref(pred_masked, target, ids_masked), loss_r)
+    g = torch.rand(()) + 0.5
+    loss_f.backward(g)
+    loss_r.backward(g)
+    _check_grad(pm_f.grad, torch.gather(full.grad, 1, idx), dtype, "grad_pred_masked")
+    _check_grad(t_f.grad, t_r.grad, dtype, "grad_target")
+
+
+def test_on_masked_strided_ids_and_norm_pix_off():
+    b, n, k, p = 2, 17, 4, 12
+    noise = torch.rand(b, n)
+    ids_masked = torch.argsort(noise, dim=1)[:, k:]  # the model's view: a column slice
+    assert not ids_masked.is_contiguous()
+    pm = torch.randn(b, n - k, p, requires_grad=True)
+    target = torch.randn(b, n, p)
+    for norm_pix in (True, False):
+        out = masked_mse_on_masked(pm, target, ids_masked, norm_pix)
+        ref = masked_mse_on_masked_ref(pm, target, ids_masked, norm_pix)
+        _check_loss(out, ref)
+        (g,) = torch.autograd.grad(out, pm)
+        (g_ref,) = torch.autograd.grad(ref, pm)
+        _check_grad(g, g_ref, torch.float32, "grad_pred_masked")
+
+
+def test_fp16_large_upstream_gradient():
+    """A GradScaler multiplies the loss by ~2**16: the stored fp16 gradient must not underflow before that
+    factor is applied (the per-element gradient is ~1e-6 here, below fp16's normal range)."""
+    b, n, k, p = 2, 496, 124, 64
+    pred, target, mask, _ = _inputs(b, n, k, p, torch.float16)
+    pf, pr = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    scale = torch.tensor(2.0**16)
+    masked_mse_fused(pf, target, mask).backward(scale)
+    masked_mse(pr, target, mask).backward(scale)
+    _check_grad(pf.grad, pr.grad, torch.float16, "grad_pred (scaled)")
+
+
+def test_edge_masks():
+    b, n, p = 2, 9, 7
+    pred, target = torch.randn(b, n, p), torch.randn(b, n, p)
+    # nothing masked: loss 0, zero gradient (and no NaN from 0/0)
+    zero = torch.zeros(b, n)
+    pf = pred.clone().requires_grad_()
+    loss = masked_mse_fused(pf, target, zero)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(pf.grad, torch.zeros_like(pred))
+    # soft weights and a bool mask
+    soft = torch.rand(b, n)
+    _check_loss(masked_mse_fused(pred, target, soft), masked_mse(pred, target, soft))
+    hard = torch.rand(b, n) > 0.5
+    _check_loss(MaskedMSELoss()(pred, target, hard), masked_mse(pred, target, hard))
+    _check_loss(MaskedMSELoss(norm_pix=False)(pred, target, hard), masked_mse(pred, target, hard, False))
+
+
+def test_no_grad_and_eval():
+    pred, target, mask, _ = _inputs(2, 11, 3, 8, torch.float32)
+    pred.requires_grad_()
+    with torch.no_grad():
+        _check_loss(masked_mse_fused(pred, target, mask), masked_mse(pred, target, mask))
+
+
+def test_cpu_without_interpreter_uses_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    pred, target, mask, ids_masked = _inputs(2, 11, 3, 8, torch.float32)
+    assert torch.equal(masked_mse_fused(pred, target, mask), masked_mse(pred, target, mask))
+    pm = torch.gather(pred, 1, ids_masked.unsqueeze(-1).expand(-1, -1, 8))
+    assert torch.equal(masked_mse_on_masked(pm, target, ids_masked), masked_mse_on_masked_ref(pm, target, ids_masked))
+
+
+def test_rejects_bad_inputs():
+    pred = torch.randn(2, 8, 5).transpose(1, 2)  # (2, 5, 8), last stride 5
+    with pytest.raises(ValueError, match="pred"):
+        masked_mse_fused(pred, torch.randn(2, 5, 8), torch.ones(2, 5))
+    with pytest.raises(ValueError, match="mask"):
+        masked_mse_fused(torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.ones(2, 4))
+
+
+def test_opcheck():
+    pred, target, mask, ids_masked = _inputs(2, 7, 2, 6, torch.float32)
+    pred.requires_grad_()
+    torch.library.opcheck(torch.ops.maskspec.masked_mse.default, (pred, target, mask, True, True, False, True))
+    pm = torch.gather(pred.detach(), 1, ids_masked.unsqueeze(-1).expand(-1, -1, 6)).requires_grad_()
+    torch.library.opcheck(torch.ops.maskspec.masked_mse_on_masked.default, (pm, target, ids_masked, True, True, False))
+
+
+def test_compiles_without_graph_break():
+    pred, target, mask, ids_masked = _inputs(2, 13, 3, 10, torch.float32)
+    w = torch.randn(10, 10, requires_grad=True)
+
+    def f(pred, w):
+        return masked_mse_fused(pred @ w, target, mask) + masked_mse_on_masked(
+            torch.gather(pred @ w, 1, ids_masked.unsqueeze(-1).expand(-1, -1, 10)), target, ids_masked
+        )
+
+    torch._dynamo.reset()
+    loss = torch.compile(f, backend="aot_eager", fullgraph=True)(pred, w)
+    loss.backward()
+    w2 = w.detach().clone().requires_grad_()
+    ref = masked_mse(pred @ w2, target, mask) * 2
+    ref.backward()
+    _check_loss(loss, ref)
+    _check_grad(w.grad, w2.grad, torch.float32, "grad_w")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 496, 124, 256), (3, 31, 7, 59), (1, 5, 1, 3)])
+def test_gpu_compiled(shape, dtype):
+    pred, target, mask, ids_masked = _inputs(*shape, dtype, device="cuda")
+    pf, pr = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    loss_f = torch.compile(masked_mse_fused)(pf, target, mask)
+    loss_r = masked_mse(pr, target, mask)
+    _check_loss(loss_f, loss_r)
+    loss_f.backward()
+    loss_r.backward()
+    _check_grad(pf.grad, pr.grad, dtype, "grad_pred")
+    p = shape[-1]
+    pm = torch.gather(pred, 1, ids_masked.unsqueeze(-1).expand(-1, -1, p)).requires_grad_()
+    _check_loss(masked_mse_on_masked(pm, target, ids_masked), loss_r)
