@@ -47,5 +47,5 @@ def format_backends(info: dict[str, dict[str, str]] | None = None) -> str:
     lines = []
     for section, table in info.items():
         lines.append(f"[{section}]")
-        lines.extend(f"  {k:16s} {v}" for k, v in table.items())
+        lines.extend(f"  {k:21s} {str(v).replace(chr(10), '; ')}" for k, v in table.items())
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import fused as fused_ops
 from .config import ModelConfig
@@ -105,12 +106,18 @@ class Model(_Encoder):
         return (img.shape[-2] // p, img.shape[-1] // p)
 
     def forward_encoder(
-        self, img: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, masks_per_clip: int = 1
+        self,
+        img: torch.Tensor,
+        mask_ratio: float,
+        noise: torch.Tensor | None = None,
+        masks_per_clip: int = 1,
+        patches: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """img ``(B, 1, F, T)`` -> latent ``(B', 1+K, D)``, mask ``(B', L)``, ids_restore ``(B', L)``, ids_keep ``(B', K)``.
 
         With ``masks_per_clip = M > 1`` the patch embedding runs once and each clip gets M independent masks:
         ``B' = B * M``, rows ``b*M .. b*M + M-1`` belong to clip b (EAT's multi-mask trick).
+        ``patches`` ``(B, L, p*p)``: already patchified input (fused path: patchify once for tokens and targets).
         """
         grid = self.grid_of(img)
         pos = self.encoder_pos(grid)  # (1, 1+L, D)
@@ -122,7 +129,10 @@ class Model(_Encoder):
         if self.fused:
             keep = num_visible(n, mask_ratio)
             mask, ids_restore, ids_keep, _ = masking_ids(noise, keep)
-            x = self.ops.patch_tokens(img, self.patch_embed)  # (B, L, D)
+            if patches is not None:
+                x = F.linear(patches, *self.patch_embed.linear_weight())  # (B, L, D) = Conv2d on patches
+            else:
+                x = self.ops.patch_tokens(img, self.patch_embed)  # (B, L, D)
             x = _repeat_clips(x, masks_per_clip)  # (B', L, D)
             x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B', K, D), pos added
         else:
@@ -134,8 +144,15 @@ class Model(_Encoder):
             x = blk(x)
         return self.norm(x), mask.to(img.dtype if img.is_floating_point() else torch.float32), ids_restore, ids_keep
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """latent ``(B, 1+K, D)`` -> pred ``(B, L, p*p)`` for every patch, in patch order."""
+    def forward_decoder(
+        self,
+        latent: torch.Tensor,
+        ids_restore: torch.Tensor,
+        grid: tuple[int, int],
+        ids_masked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """latent ``(B, 1+K, D)`` -> pred ``(B, L, p*p)`` for every patch, in patch order; with ``ids_masked``
+        ``(B, M)`` the prediction head runs on those patches only and returns ``(B, M, p*p)``."""
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
         pos = resize_pos_embed(self.decoder_pos_embed, self.config.grid_size, grid)  # (1, 1+L, Dd)
         mask_token = self.mask_token.reshape(-1)
@@ -144,6 +161,10 @@ class Model(_Encoder):
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_norm(x)
+        if ids_masked is not None:
+            body = x[:, 1:]  # (B, L, Dd)
+            picked = torch.gather(body, 1, ids_masked.unsqueeze(-1).expand(-1, -1, body.shape[-1]))  # (B, M, Dd)
+            return self.decoder_pred(picked)  # (B, M, p*p)
         return self.decoder_pred(x)[:, 1:]  # (B, L, p*p), CLS dropped
 
     def forward_loss(
@@ -151,7 +172,7 @@ class Model(_Encoder):
     ) -> torch.Tensor:
         """Masked MSE against the patchified (per-patch normalized) spectrogram."""
         target = _repeat_clips(patchify(img, self.config.patch_size), masks_per_clip)  # (B', L, p*p)
-        return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss)
+        return masked_mse(pred, target, mask, self.config.norm_pix_loss)
 
     def forward(
         self,
@@ -159,16 +180,32 @@ class Model(_Encoder):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
         masks_per_clip: int = 1,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``loss, pred (B', L, p*p), mask (B', L)`` with ``B' = B * masks_per_clip`` (see forward_encoder)."""
+        return_pred: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``loss, pred (B', L, p*p), mask (B', L)`` with ``B' = B * masks_per_clip`` (see forward_encoder).
+
+        ``return_pred=False`` (training loops that only need the loss) lets the fused path run the prediction head
+        on masked tokens only and score them directly; ``pred`` is then None. The loss is the same function.
+        """
         if masks_per_clip < 1:
             raise ValueError(f"masks_per_clip must be >= 1, got {masks_per_clip}")
         img = check_spec(spec, self.config)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise, masks_per_clip)
-        pred = self.forward_decoder(latent, ids_restore, self.grid_of(img))
-        loss = self.forward_loss(img, pred, mask, masks_per_clip)
-        return loss, pred, mask
+        grid = self.grid_of(img)
+        if not self.fused:
+            latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise, masks_per_clip)
+            pred = self.forward_decoder(latent, ids_restore, grid)
+            return self.forward_loss(img, pred, mask, masks_per_clip), pred, mask
+        patches = self.ops.patchify(img, self.config.patch_size)  # (B, L, p*p), read once for tokens and targets
+        latent, mask, ids_restore, ids_keep = self.forward_encoder(img, ratio, noise, masks_per_clip, patches)
+        target = _repeat_clips(patches, masks_per_clip)  # (B', L, p*p)
+        if return_pred:
+            pred = self.forward_decoder(latent, ids_restore, grid)
+            return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss), pred, mask
+        ids_masked = torch.argsort(ids_restore, dim=1)[:, ids_keep.shape[1] :]  # (B', M) = ids_shuffle[:, K:]
+        pred_masked = self.forward_decoder(latent, ids_restore, grid, ids_masked)  # (B', M, p*p)
+        loss = self.ops.masked_mse_on_masked(pred_masked, target, ids_masked, self.config.norm_pix_loss)
+        return loss, None, mask
 
     # --- persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

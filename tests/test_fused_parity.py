@@ -1,0 +1,131 @@
+"""The fused model computes the same function as the reference: loss, pred and every parameter gradient, in fp32
+(tight) and in bf16 (error at most 2x the reference's own bf16 error, both against fp32); 20 training steps give
+matching loss curves. On CPU the Triton parts run in the interpreter (conftest sets TRITON_INTERPRET=1)."""
+import copy
+
+import pytest
+import torch
+
+from maskspec_fast import Classifier, Model, ModelConfig
+from maskspec_fast.ops.attention import attention, attention_ref
+
+
+def cfg(**kw):
+    base = dict(embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=40, decoder_depth=1, decoder_num_heads=2,
+                frames=80, n_mels=32)  # 2 x 5 = 10 patches: L not a power of two, K = 2
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def pair(c):
+    ref = Model(c, fused=False)
+    fast = Model(c, fused=True)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return ref, fast
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("return_pred", [True, False])
+@pytest.mark.parametrize("masks_per_clip", [1, 2])
+def test_fp32_loss_and_all_gradients_match(return_pred, masks_per_clip):
+    c = cfg()
+    ref, fast = pair(c)
+    spec = torch.randn(3, 32, 85)  # 85 frames: 5 whole patches, 5 frames dropped
+    noise = torch.rand(3 * masks_per_clip, c.num_patches)
+    lr_, pr, mr = ref(spec, noise=noise, masks_per_clip=masks_per_clip)
+    lf, pf, mf = fast(spec, noise=noise, masks_per_clip=masks_per_clip, return_pred=return_pred)
+    assert torch.equal(mr, mf)
+    torch.testing.assert_close(lf, lr_, rtol=1e-5, atol=1e-6)
+    if return_pred:
+        torch.testing.assert_close(pf, pr, rtol=1e-5, atol=1e-5)
+    else:
+        assert pf is None
+    lr_.backward()
+    lf.backward()
+    gr, gf = grads(ref), grads(fast)
+    assert gr.keys() == gf.keys() and len(gr) > 10
+    for name in gr:
+        torch.testing.assert_close(gf[name], gr[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_bf16_error_at_most_twice_the_reference_error():
+    c = cfg(embed_dim=64, num_heads=4, decoder_embed_dim=64, decoder_num_heads=4)
+    ref, fast = pair(c)
+    gold = copy.deepcopy(ref).double()
+    spec = torch.randn(4, 32, 80)
+    noise = torch.rand(4, c.num_patches)
+    loss64 = gold(spec.double(), noise=noise)[0]
+    loss64.backward()
+    g64 = grads(gold)
+    errs = {}
+    for name, model in (("ref", ref), ("fused", fast)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(spec, noise=noise, return_pred=False)[0] if name == "fused" else model(spec, noise=noise)[0]
+        loss.backward()
+        g = grads(model)
+        errs[name] = (abs(loss.double() - loss64).item(),
+                      max(((g[k].double() - g64[k]).norm() / (g64[k].norm() + 1e-12)).item() for k in g64))
+    # small absolute floor: both paths may be exact to within bf16 rounding of the inputs
+    assert errs["fused"][0] <= 2 * errs["ref"][0] + 1e-3, errs
+    assert errs["fused"][1] <= 2 * errs["ref"][1] + 1e-3, errs
+
+
+def test_twenty_training_steps_give_matching_loss_curves():
+    c = cfg()
+    ref, fast = pair(c)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95)) for m in (ref, fast)]
+    g = torch.Generator().manual_seed(0)
+    curves = ([], [])
+    for _ in range(20):
+        spec = torch.randn(4, 32, 80, generator=g)
+        noise = torch.rand(4, c.num_patches, generator=g)
+        for i, (m, opt) in enumerate(zip((ref, fast), opts)):
+            loss = m(spec, noise=noise, return_pred=i == 0)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            curves[i].append(loss.item())
+    torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-3, atol=1e-4)
+    assert curves[0][-1] < curves[0][0]
+
+
+def test_state_dicts_move_between_paths(tmp_path):
+    c = cfg()
+    fast = Model(c, fused=True)
+    fast.save_pretrained(tmp_path / "m")
+    ref = Model.from_pretrained(tmp_path / "m", fused=False)
+    spec, noise = torch.randn(2, 32, 80), torch.rand(2, c.num_patches)
+    torch.testing.assert_close(ref(spec, noise=noise)[0], fast(spec, noise=noise)[0], rtol=1e-5, atol=1e-6)
+    clf_f = Classifier(c, 5, fused=True).eval()
+    clf_r = Classifier(c, 5, fused=False).eval()
+    clf_r.load_state_dict(clf_f.state_dict(), strict=True)
+    torch.testing.assert_close(clf_f(spec), clf_r(spec), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 125, 497])
+def test_attention_backends_on_odd_lengths_with_padding(n):
+    q, k, v = (torch.randn(2, 2, n, 16) for _ in range(3))
+    pad = torch.zeros(2, n, dtype=torch.bool)
+    pad[1, n // 2 + 1 :] = True  # second sample padded after its first half (none when n == 1)
+    ref = attention_ref(q, k, v, pad)
+    for backend in ("sdpa", "flash_attn"):  # flash_attn falls back to SDPA on CPU / with padding
+        torch.testing.assert_close(attention(q, k, v, pad, backend=backend), ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attention(q, k, v, None, backend=backend), attention_ref(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_fused_model_matches_reference_on_gpu_bf16():
+    c = ModelConfig.from_preset("tiny", frames=256)
+    ref, fast = pair(c)
+    ref, fast = ref.cuda(), fast.cuda()
+    gold = copy.deepcopy(ref).double()
+    spec = torch.randn(8, 128, 256, device="cuda")
+    noise = torch.rand(8, c.num_patches, device="cuda")
+    loss64 = gold(spec.double(), noise=noise)[0]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        lr_ = ref(spec, noise=noise)[0]
+        lf = fast(spec, noise=noise, return_pred=False)[0]
+    assert abs(lf.double() - loss64) <= 2 * abs(lr_.double() - loss64) + 1e-3
