@@ -2,8 +2,8 @@
 random inputs each run (seeded from the clock, printed so a failure can be replayed), GPU tests skipped on CPU."""
 import os
 import random
-import zlib
 import time
+import zlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
