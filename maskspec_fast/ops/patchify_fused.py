@@ -1,0 +1,346 @@
+"""Fused patchify, per-patch normalized targets and unpatchify as ``torch.library`` custom ops.
+
+Same contract as the references (:func:`maskspec_fast.ops.patchify.patchify`, :func:`~.patchify.unpatchify`,
+:func:`maskspec_fast.ops.masked_mse.normalize_patches`), with ``p`` the patch size, ``gf = F // p``,
+``gt = T // p`` and ``L = gf * gt``::
+
+    patches[b, i*gt + j, u*p + v] = spec[b, i*p + u, j*p + v]        (frames past the last whole patch dropped)
+    targets[b, l, k] = (x_k - mean(x)) / sqrt(var(x) + eps)           x = patches[b, l, :], var UNBIASED
+
+What runs where (chosen per call from the tensor's device, see :func:`status`):
+
+* CPU: the C++ extension ``maskspec_fast._C`` (OpenMP over batch x patches, one pass that writes patches and
+  targets together); when it is not built, the PyTorch reference, with one ``RuntimeWarning`` the first time.
+* CUDA: the Triton kernels of :mod:`maskspec_fast.ops.triton_patchify`; the reference without Triton.
+
+Dtypes: float32, float16, bfloat16. Patches keep the input dtype and are bit-exact copies. Targets are always
+**float32**, computed from the (possibly 16-bit) patch values in fp32 math, which equals
+``normalize_patches(patchify(spec).float())`` up to fp32 rounding (the reference computes them in the input
+dtype only if asked to; MAE's loss is computed in fp32 anyway, see :func:`~.masked_mse.masked_mse`).
+
+Autograd: the gradient of ``patches`` w.r.t. ``spec`` is the unpatchify of the upstream gradient into the
+input's shape, zero in the dropped frames. ``targets`` are a loss target: no gradient flows through them
+(they are marked non-differentiable, as MAE computes them from the input image without gradient).
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from types import ModuleType
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.dlpack import to_dlpack
+
+from .masked_mse import NORM_PIX_EPS, normalize_patches
+from .patchify import as_image
+from .patchify import patchify as patchify_ref
+from .patchify import unpatchify as unpatchify_ref
+
+__all__ = [
+    "patch_targets",
+    "patch_tokens_fused",
+    "patchify_fused",
+    "status",
+    "unpatchify_fused",
+]
+
+_ABI = 1  # must equal kAbi in csrc/patchify.cpp; a stale build is treated as missing
+
+_ext: ModuleType | None = None
+_ext_error: str | None = None
+_ext_tried = False
+_warned: set[str] = set()
+
+
+def _load_ext() -> ModuleType | None:
+    """Import ``maskspec_fast._C`` once, quietly; remember why it is unusable."""
+    global _ext, _ext_error, _ext_tried
+    if not _ext_tried:
+        _ext_tried = True
+        try:
+            from .. import _C
+
+            if getattr(_C, "__abi__", None) != _ABI:
+                raise ImportError(f"stale build (ABI {getattr(_C, '__abi__', None)}, expected {_ABI})")
+            _ext = _C
+        except ImportError as e:
+            _ext_error = str(e)
+    return _ext
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def _cpu_ext() -> ModuleType | None:
+    ext = _load_ext()
+    if ext is None:
+        _warn_once(
+            "cpu",
+            f"maskspec_fast._C is not available ({_ext_error}); fused patchify uses the PyTorch reference. "
+            "Build it with `pip install -e .` (needs CMake and a C++ compiler).",
+        )
+    return ext
+
+
+def _cuda_triton() -> ModuleType | None:
+    if importlib.util.find_spec("triton") is None:
+        _warn_once("cuda", "triton is not installed; fused patchify on CUDA uses the PyTorch reference "
+                           "(pip install triton)")
+        return None
+    from . import triton_patchify
+
+    return triton_patchify
+
+
+def _threads() -> int:
+    # follow torch's intra-op setting, so torch.set_num_threads governs the extension too
+    return torch.get_num_threads()
+
+
+def _dl(t: torch.Tensor):
+    return to_dlpack(t.detach())
+
+
+def _time_unit_stride(spec: torch.Tensor) -> torch.Tensor:
+    # the kernels take any batch/row strides but need contiguous time frames
+    return spec if spec.stride(-1) == 1 or spec.shape[-1] == 1 else spec.contiguous()
+
+
+def _owned(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    # custom ops may not return views of their inputs; the reference patchify is a view when gt == 1
+    return out.clone() if out.untyped_storage().data_ptr() == src.untyped_storage().data_ptr() else out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Implementations behind the ops. spec is always 3-D (B, F, T) here.
+
+
+def _patchify_impl(spec: torch.Tensor, patch: int, eps: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    b, f, t = spec.shape
+    n = (f // patch) * (t // patch)
+    if spec.device.type == "cpu":
+        ext = _cpu_ext()
+        if ext is not None:
+            spec = _time_unit_stride(spec)
+            out = torch.empty(b, n, patch * patch, dtype=spec.dtype)  # (B, L, p*p)
+            tgt = torch.empty(b, n, patch * patch, dtype=torch.float32) if eps is not None else None
+            ext.patchify(_dl(spec), patch, _dl(out), None if tgt is None else _dl(tgt),
+                         NORM_PIX_EPS if eps is None else eps, _threads())
+            return out, tgt
+    elif spec.is_cuda:
+        tri = _cuda_triton()
+        if tri is not None:
+            return tri.patchify_triton(spec, patch, eps)
+    out = _owned(patchify_ref(spec, patch), spec)
+    return out, (normalize_patches(out.float(), eps) if eps is not None else None)
+
+
+def _patch_targets_impl(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
+    if spec.device.type == "cpu":
+        ext = _cpu_ext()
+        if ext is not None:
+            spec = _time_unit_stride(spec)
+            out = torch.empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)  # (B, M, p*p)
+            ext.patch_targets(_dl(spec), _dl(ids), patch, _dl(out), eps, _threads())
+            return out
+    elif spec.is_cuda:
+        tri = _cuda_triton()
+        if tri is not None:
+            return tri.patch_targets_triton(spec, ids, patch, eps)
+    p = patchify_ref(spec, patch)  # (B, L, p*p)
+    if ids.dim() != 2 or ids.shape[0] != p.shape[0]:
+        raise ValueError(f"ids: expected (B, M) with B = {p.shape[0]}, got {tuple(ids.shape)}")
+    sel = torch.gather(p, 1, ids.unsqueeze(-1).expand(-1, -1, p.shape[-1]))  # (B, M, p*p)
+    return normalize_patches(sel.float(), eps)
+
+
+def _unpatchify_impl(patches: torch.Tensor, gf: int, gt: int, patch: int, out_f: int, out_t: int) -> torch.Tensor:
+    b = patches.shape[0]
+    if patches.device.type == "cpu":
+        ext = _cpu_ext()
+        if ext is not None:
+            out = torch.empty(b, out_f, out_t, dtype=patches.dtype)  # (B, F, T)
+            ext.unpatchify(_dl(patches.contiguous()), gf, gt, patch, _dl(out), _threads())
+            return out
+    elif patches.is_cuda:
+        tri = _cuda_triton()
+        if tri is not None:
+            return tri.unpatchify_triton(patches, gf, gt, patch, out_f, out_t)
+    img = unpatchify_ref(patches, (gf, gt), patch)  # (B, gf*p, gt*p)
+    if (out_f, out_t) == tuple(img.shape[1:]):
+        return _owned(img.contiguous(), patches)
+    out = patches.new_zeros(b, out_f, out_t)
+    out[:, : gf * patch, : gt * patch] = img
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# torch.library ops: fake (meta) kernels for torch.compile / export, autograd formulas.
+
+
+@torch.library.custom_op("maskspec::patchify", mutates_args=())
+def _patchify_op(spec: torch.Tensor, patch: int) -> torch.Tensor:
+    return _patchify_impl(spec, patch, None)[0]
+
+
+@torch.library.custom_op("maskspec::patchify_norm", mutates_args=())
+def _patchify_norm_op(spec: torch.Tensor, patch: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out, tgt = _patchify_impl(spec, patch, eps)
+    assert tgt is not None
+    return out, tgt
+
+
+@torch.library.custom_op("maskspec::patch_targets", mutates_args=())
+def _patch_targets_op(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
+    return _patch_targets_impl(spec, ids, patch, eps)
+
+
+@torch.library.custom_op("maskspec::unpatchify", mutates_args=())
+def _unpatchify_op(patches: torch.Tensor, gf: int, gt: int, patch: int, out_f: int, out_t: int) -> torch.Tensor:
+    return _unpatchify_impl(patches, gf, gt, patch, out_f, out_t)
+
+
+@_patchify_op.register_fake
+def _(spec, patch):
+    b, f, t = spec.shape
+    return spec.new_empty(b, (f // patch) * (t // patch), patch * patch)
+
+
+@_patchify_norm_op.register_fake
+def _(spec, patch, eps):
+    b, f, t = spec.shape
+    n = (f // patch) * (t // patch)
+    return spec.new_empty(b, n, patch * patch), spec.new_empty(b, n, patch * patch, dtype=torch.float32)
+
+
+@_patch_targets_op.register_fake
+def _(spec, ids, patch, eps):
+    return spec.new_empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)
+
+
+@_unpatchify_op.register_fake
+def _(patches, gf, gt, patch, out_f, out_t):
+    return patches.new_empty(patches.shape[0], out_f, out_t)
+
+
+def _patchify_setup(ctx, inputs, output):
+    spec, patch = inputs[0], inputs[1]
+    ctx.grid_shape = (spec.shape[1], spec.shape[2], patch)
+    if isinstance(output, tuple):
+        ctx.mark_non_differentiable(output[1])  # targets
+
+
+def _patchify_backward(ctx, grad, *_ignored):
+    f, t, p = ctx.grid_shape
+    g = None if grad is None else _unpatchify_op(grad.contiguous(), f // p, t // p, p, f, t)  # (B, F, T)
+    return (g, None) + (None,) * len(_ignored)  # len(_ignored) == 1 for patchify_norm (the eps input)
+
+
+_patchify_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
+_patchify_norm_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
+
+
+def _patch_targets_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output)
+
+
+def _patch_targets_backward(ctx, grad):
+    return None, None, None, None
+
+
+_patch_targets_op.register_autograd(_patch_targets_backward, setup_context=_patch_targets_setup)
+
+
+def _unpatchify_setup(ctx, inputs, output):
+    ctx.grid = (inputs[1], inputs[2], inputs[3])
+
+
+def _unpatchify_backward(ctx, grad):
+    gf, gt, p = ctx.grid
+    g = _patchify_op(grad[:, : gf * p, : gt * p], p)  # (B, L, p*p); the zero-filled border gets no gradient
+    return g, None, None, None, None, None
+
+
+_unpatchify_op.register_autograd(_unpatchify_backward, setup_context=_unpatchify_setup)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Public functions.
+
+
+def _as_bft(spec: torch.Tensor) -> torch.Tensor:
+    return spec if spec.dim() == 3 else as_image(spec)[:, 0]  # (B, F, T), a view
+
+
+def patchify_fused(
+    spec: torch.Tensor, patch: int = 16, norm_pix: bool = False, eps: float = NORM_PIX_EPS
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Patchify ``spec`` and, with ``norm_pix``, compute MAE's normalized targets in the same pass.
+
+    spec: ``(B, F, T)`` or ``(B, 1, F, T)``, float32/float16/bfloat16. Returns patches ``(B, L, p*p)`` in the
+    input dtype (bit-identical to :func:`~.patchify.patchify`), or with ``norm_pix`` the pair
+    ``(patches, targets)``, targets ``(B, L, p*p)`` **float32**:
+    ``t = (x - mean(x)) / sqrt(var_unbiased(x) + eps)`` per patch. Differentiable in ``patches`` only.
+    """
+    x = _as_bft(spec)
+    if norm_pix:
+        return _patchify_norm_op(x, patch, float(eps))
+    return _patchify_op(x, patch)
+
+
+def patch_targets(
+    spec: torch.Tensor, ids: torch.Tensor, patch: int = 16, eps: float = NORM_PIX_EPS
+) -> torch.Tensor:
+    """Normalized targets for selected patches only: ``(B, M, p*p)`` float32.
+
+    ``out[b, m] = normalize_patches(patchify(spec)[b, ids[b, m]])`` with ids ``(B, M)`` int64 patch indices in
+    ``[0, L)`` per sample (e.g. the masked patches, ``ids_shuffle[:, n_keep:]``). Not differentiable.
+    """
+    return _patch_targets_op(_as_bft(spec), ids, patch, float(eps))
+
+
+def unpatchify_fused(patches: torch.Tensor, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
+    """Inverse of :func:`patchify_fused`: ``(B, gf*gt, p*p)`` -> ``(B, gf*p, gt*p)``; differentiable."""
+    gf, gt = int(grid[0]), int(grid[1])
+    if patches.dim() != 3 or patches.shape[1] != gf * gt or patches.shape[2] != patch * patch:
+        raise ValueError(f"patches {tuple(patches.shape)} do not match grid {grid} with patch {patch}")
+    return _unpatchify_op(patches, gf, gt, patch, gf * patch, gt * patch)
+
+
+def patch_tokens_fused(img: torch.Tensor, patch_embed: nn.Module) -> torch.Tensor:
+    """Patch embedding as patchify + linear: img ``(B, 1, F, T)`` -> tokens ``(B, L, D)``.
+
+    ``tokens = patchify_fused(img) @ W.reshape(D, p*p).T + bias`` with ``W = patch_embed.proj.weight``
+    ``(D, 1, p, p)``: the same map as the stride-``p`` convolution (equal up to float summation order).
+    """
+    proj = patch_embed.proj
+    p = proj.kernel_size[0]
+    if tuple(proj.kernel_size) != (p, p) or tuple(proj.stride) != (p, p) or proj.in_channels != 1:
+        raise ValueError(
+            f"patch_embed.proj must be Conv2d(1, D, p, stride=p), got kernel {proj.kernel_size}, "
+            f"stride {proj.stride}, in_channels {proj.in_channels}"
+        )
+    patches = patchify_fused(img, p)  # (B, L, p*p)
+    return F.linear(patches, proj.weight.flatten(1), proj.bias)  # (B, L, D)
+
+
+def status() -> str:
+    """One line saying what the fused patchify runs on here per device, and why (``"cpu: ...; cuda: ..."``)."""
+    ext = _load_ext()
+    if ext is not None:
+        omp = f"OpenMP, up to {torch.get_num_threads()} threads" if ext.has_openmp else "no OpenMP, 1 thread"
+        cpu = f"C++ extension maskspec_fast._C ({omp})"
+    else:
+        cpu = f"PyTorch reference (maskspec_fast._C not available: {_ext_error}; build with `pip install -e .`)"
+    if importlib.util.find_spec("triton") is None:
+        cuda = "PyTorch reference (triton not installed)"
+    else:
+        cuda = "Triton kernels (maskspec_fast.ops.triton_patchify)"
+        if not torch.cuda.is_available():
+            cuda += " (no CUDA device here)"
+    return f"cpu: {cpu}; cuda: {cuda}"
