@@ -71,6 +71,8 @@ def make_step(kind: str, impl: str, config: ModelConfig, args, device: torch.dev
     labels = torch.randint(args.num_classes, (args.batch_size,), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     extra = {"masks_per_clip": args.masks_per_clip} if (kind == "pretrain" and args.masks_per_clip > 1) else {}
+    if kind == "pretrain" and fused:
+        extra["return_pred"] = False  # a training step needs only the loss: head on masked tokens only
 
     def step():
         with amp:
