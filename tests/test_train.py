@@ -97,3 +97,202 @@ def test_cli_help_and_bad_data(capsys):
     assert "pretrain" in capsys.readouterr().out
     assert main(["pretrain", "--data", "folder:/definitely/missing", *COMMON]) == 2
     assert "/definitely/missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- exact resume, more variants
+TINY_CLIPS = ["--clip-seconds", "0.64", "--log-every", "1", "--picture-every", "0", "--quiet", "--threads", "2"]
+
+
+def _resumed_equals_uninterrupted(tmp_path, base, cut_step, extra_logs=()):
+    """Run ``base`` to the end; then a run whose directory holds only checkpoint ``cut_step`` (as if killed after
+    that save) plus the whole log (rows past the checkpoint must be dropped) resumes with --resume auto; both
+    must agree exactly: every logged number of every step, and the final weights bit for bit."""
+    from safetensors.torch import load_file
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main([*base, "--out", str(full)]) == 0
+    name = f"step_{cut_step:08d}"
+    shutil.copytree(full / "checkpoints" / name, cut / "checkpoints" / name)
+    for log in ("log.csv", *extra_logs):
+        shutil.copy(full / log, cut / log)
+    assert main([*base, "--out", str(cut), "--resume", "auto"]) == 0
+    keys = ("step", "loss", "lr", "grad_norm", "skipped_bad", "nonfinite", "loss_scale", "value", "best")
+
+    def strip(rows):  # everything but the timings
+        return [{k: r[k] for k in keys if k in r} for r in rows]
+
+    for log in ("log.csv", *extra_logs):
+        assert strip(read_log(cut / log)) == strip(read_log(full / log)), log
+    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(cut / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return full, cut
+
+
+def test_resume_is_exact_with_a_worker_process_across_an_epoch_boundary(tmp_path):
+    base = ["pretrain", "--data", "synthetic:30", "--steps", "8", "--batch-size", "6", "--lr", "1e-3",
+            "--warmup-steps", "2", "--save-every", "3", "--workers", "1", *SMALL, *DECODER, *TINY_CLIPS]
+    full, _ = _resumed_equals_uninterrupted(tmp_path, base, cut_step=3)
+    assert [r["epoch"] for r in read_log(full / "log.csv")] == ["0"] * 5 + ["1"] * 3  # 5 batches per epoch
+
+
+def test_resume_is_exact_for_the_finetuning_recipe(tmp_path):
+    """Mixup + SpecAugment + class-balanced sampling + patchout + drop path + periodic evaluation (best kept)."""
+    base = ["finetune", "--data", "synthetic:30:seed=5", "--eval-data", "synthetic:11:seed=6", "--eval-every", "2",
+            "--steps", "6", "--batch-size", "6", "--lr", "2e-3", "--warmup-steps", "1", "--save-every", "3",
+            "--mixup", "0.3", "--freq-mask", "48", "--time-mask", "192", "--balanced-sampling", "--patchout", "5",
+            "--drop-path", "0.2", "--workers", "0", *SMALL, *TINY_CLIPS]
+    full, cut = _resumed_equals_uninterrupted(tmp_path, base, cut_step=3, extra_logs=("eval.csv",))
+    import json
+
+    best = json.loads((full / "best.json").read_text())
+    assert best["metric"] == "accuracy" and best["step"] in (2, 4, 6)
+    values = {int(r["step"]): float(r["value"]) for r in read_log(full / "eval.csv")}
+    assert best["value"] == pytest.approx(max(values.values()), abs=1e-6)
+    assert Classifier.from_pretrained(full / "checkpoints" / "best").num_classes == 11
+    assert json.loads((cut / "summary.json").read_text())["best"]["value"] == pytest.approx(best["value"])
+
+
+def _fp16_autocast_on_cpu() -> str | None:
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+        torch.amp.GradScaler("cpu")
+    except (RuntimeError, TypeError, AttributeError) as e:
+        return f"fp16 autocast / GradScaler not supported on CPU by this torch: {e}"
+    return None if y.dtype == torch.float16 else "CPU autocast ignores float16 in this torch"
+
+
+def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
+    reason = _fp16_autocast_on_cpu()
+    if reason:
+        pytest.skip(reason)
+    base = ["pretrain", "--data", "synthetic:24", "--steps", "4", "--batch-size", "6", "--lr", "1e-3",
+            "--warmup-steps", "1", "--save-every", "2", "--precision", "fp16", "--accum-steps", "2", "--workers", "0",
+            *SMALL, *DECODER, *TINY_CLIPS]
+    full, _ = _resumed_equals_uninterrupted(tmp_path, base, cut_step=2)
+    state = torch.load(full / "checkpoints" / "step_00000002" / "trainer.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    rows = read_log(full / "log.csv")
+    assert all(float(r["loss_scale"]) > 0 and float(r["loss"]) == float(r["loss"]) for r in rows)
+
+
+def test_nonfinite_losses_stop_with_the_last_checkpoint_or_are_counted(tmp_path):
+    import argparse
+
+    from maskspec_fast import Model, ModelConfig
+    from maskspec_fast.data import SyntheticSounds
+    from maskspec_fast.frontend.logmel import LogMel
+    from maskspec_fast.train.loop import NonFiniteLoss, train
+    from maskspec_fast.train.tasks import PretrainTask
+
+    class Flaky(PretrainTask):
+        """NaN loss on the 4th and 6th forward passes."""
+
+        calls = 0
+
+        def loss(self, spec, labels, **extras):
+            Flaky.calls += 1
+            out = super().loss(spec, labels, **extras)
+            return out * float("nan") if Flaky.calls in (4, 6) else out
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2)
+    ds = SyntheticSounds(24, clip_seconds=0.64, train=True)
+
+    def args(out, skip):
+        return argparse.Namespace(out=str(out), batch_size=4, accum_steps=1, lr=1e-3, blr=None, weight_decay=0.05,
+                                  precision="fp32", steps=6, seed=0, warmup_steps=1, min_lr=0.0, clip_grad=1.0,
+                                  save_every=2, keep=3, resume=None, log_every=1, skip_nonfinite=skip, quiet=True,
+                                  workers=0, picture_every=0, tensorboard=False, frontend="torch",
+                                  skip_bad_files=False)
+
+    Flaky.calls = 0
+    with pytest.raises(NonFiniteLoss, match=r"at step 3; last good checkpoint: .*step_00000002"):
+        train(Flaky(Model(cfg), 0.75), ds, args(tmp_path / "stop", False), LogMel(), torch.device("cpu"))
+    Flaky.calls = 0
+    result = train(Flaky(Model(cfg), 0.75), ds, args(tmp_path / "skip", True), LogMel(), torch.device("cpu"),
+                   log=lambda *a: None)
+    assert result["nonfinite"] == 2 and result["steps"] == 6
+    rows = read_log(tmp_path / "skip" / "log.csv")
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, 7)]
+    assert [int(r["nonfinite"]) for r in rows] == [0, 0, 0, 1, 2, 2]  # NaNs before steps 4 and 5
+    assert all(float(r["loss"]) == float(r["loss"]) for r in rows)
+
+
+def test_frontend_choice_and_dali_training_resumes_exactly(tmp_path, capsys):
+    base = ["pretrain", "--steps", "1", "--batch-size", "4", *SMALL, *DECODER, *TINY_CLIPS, "--workers", "0"]
+    assert main([*base, "--data", "synthetic:8", "--frontend", "auto", "--out", str(tmp_path / "a")]) == 0
+    assert "front end: torch (auto: " in capsys.readouterr().out
+    pytest.importorskip("nvidia.dali")
+    from maskspec_fast.data import SyntheticSounds
+    from maskspec_fast.frontend.dali import dali_available
+
+    ok, why = dali_available()
+    if not ok:
+        pytest.skip(why)
+    assert main([*base, "--data", "synthetic:8", "--frontend", "dali", "--out", str(tmp_path / "b")]) == 2
+    assert "file-based" in capsys.readouterr().err
+    SyntheticSounds(22, clip_seconds=0.64).write_folder(tmp_path / "wav", 2, layout="class_folders")
+    ft = ["finetune", "--data", f"classes:{tmp_path / 'wav'}", "--frontend", "dali", "--steps", "5",
+          "--batch-size", "4", "--lr", "2e-3", "--warmup-steps", "1", "--save-every", "2", "--workers", "1",
+          *SMALL, *TINY_CLIPS]
+    _resumed_equals_uninterrupted(tmp_path, ft, cut_step=2)  # DALI: the used batches are replayed on resume
+    assert "front end: dali (asked for" in capsys.readouterr().out
+
+
+def test_save_is_atomic_and_debris_of_a_killed_save_is_ignored_then_removed(tmp_path):
+    from maskspec_fast import Model, ModelConfig
+    from maskspec_fast.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+
+    m = Model(ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=32, decoder_embed_dim=32, decoder_depth=1,
+                          decoder_num_heads=2))
+    debris = tmp_path / "checkpoints" / ".tmp_step_00000009_999999"  # a save killed before its rename
+    debris.mkdir(parents=True)
+    (debris / "trainer.pt").write_bytes(b"half")
+    assert latest_checkpoint(tmp_path) is None
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, m, {"step": step}, keep=2)
+    save_checkpoint(tmp_path, 4, m, {"step": 4}, keep=2, name="best")
+    save_checkpoint(tmp_path, 4, m, {"step": 4}, keep=2, name="best")  # replacing a named checkpoint
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert (tmp_path / "checkpoints" / "best" / "COMPLETE").is_file()
+    assert not debris.exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "step_00000003", "step_00000004"]
+
+
+def test_a_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a training process at a random moment after its first checkpoint (possibly mid-save), resume it
+    with --resume auto, and get the uninterrupted run's log and weights exactly."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    base = ["pretrain", "--data", "synthetic:24", "--steps", "8", "--batch-size", "4", "--lr", "1e-3",
+            "--warmup-steps", "2", "--save-every", "2", "--workers", "0", *SMALL, *DECODER, *TINY_CLIPS]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main([*base, "--out", str(full)]) == 0
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "maskspec_fast.train", *base, "--out", str(cut)], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = cut / "checkpoints" / "step_00000002" / "COMPLETE"
+    deadline = time.time() + 180
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint"
+    delay = random.uniform(0.0, 1.5)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    print(f"killed after {delay:.2f} s; checkpoints left: {sorted(p.name for p in (cut / 'checkpoints').iterdir())}")
+    assert main([*base, "--out", str(cut), "--resume", "auto"]) == 0
+    keys = ("step", "loss", "lr", "grad_norm")
+    rows = lambda d: [{k: r[k] for k in keys} for r in read_log(d / "log.csv")]  # noqa: E731
+    assert rows(cut) == rows(full)
+    a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(cut / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

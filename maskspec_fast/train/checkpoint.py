@@ -1,8 +1,10 @@
 """Training checkpoints: a directory per save, written atomically (temporary directory, then rename).
 
 Layout: ``<out>/checkpoints/step_00000100/`` holding ``model.safetensors`` + ``config.json`` (loadable with
-``from_pretrained``) and ``trainer.pt`` (optimizer, step, sampler position, RNG states; read with
-``weights_only=True``). A directory without the ``COMPLETE`` marker (a save that was interrupted) is never loaded.
+``from_pretrained``) and ``trainer.pt`` (optimizer, step, sampler position, grad-scaler state, RNG states of every
+rank; read with ``weights_only=True``). A directory without the ``COMPLETE`` marker (a save that was interrupted)
+is never loaded. ``<out>/checkpoints/best/`` (same layout) holds the best model by the evaluation metric, described
+by ``<out>/best.json``; it is never pruned by ``keep``.
 """
 from __future__ import annotations
 
@@ -42,23 +44,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``step_XXXXXXXX`` atomically and keep the newest ``keep`` (plus ``best`` if present)."""
+def save_checkpoint(
+    out: Path,
+    step: int,
+    model: torch.nn.Module,
+    trainer_state: dict[str, Any],
+    keep: int = 3,
+    name: str | None = None,
+) -> Path:
+    """Write ``checkpoints/<name>`` (default ``step_XXXXXXXX``) atomically and keep the newest ``keep`` step
+    checkpoints (``best`` and other named ones are not counted or pruned).
+
+    Why a temporary directory + rename: a process killed mid-save leaves only a ``.tmp_*`` directory without the
+    ``COMPLETE`` marker, which nothing loads; the previous checkpoint of the same name is replaced only when the
+    new one is whole (a tiny window between removing the old and renaming the new loses only that one name).
+    """
     ckpt_root = Path(out) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step:08d}"
-    tmp = ckpt_root / f".tmp_step_{step:08d}_{os.getpid()}"
+    name = name or f"step_{step:08d}"
+    final = ckpt_root / name
+    tmp = ckpt_root / f".tmp_{name}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / COMPLETE).write_text(str(step))
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
+        old = ckpt_root / f".old_{name}_{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    for stale in list_checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(stale, ignore_errors=True)
+    for debris in [*ckpt_root.glob(".tmp_*"), *ckpt_root.glob(".old_*")]:  # left by a process killed mid-save
+        if not debris.name.endswith(f"_{os.getpid()}"):
+            shutil.rmtree(debris, ignore_errors=True)
     return final
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file + rename (a reader never sees half a file)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def best_checkpoint(out: Path) -> Path | None:
+    """``<out>/checkpoints/best`` if a complete one exists."""
+    p = Path(out) / "checkpoints" / "best"
+    return p if (p / COMPLETE).is_file() else None
 
 
 def list_checkpoints(out: Path) -> list[Path]:

@@ -11,6 +11,7 @@ import torch
 from ..backends import format_backends
 from ..config import ModelConfig
 from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
+from .distributed import DistInfo, cleanup, init_distributed
 
 EXAMPLES = """examples:
   # pre-train MaskSpec-tiny on the built-in synthetic sounds (CPU-sized decoder), then fine-tune and evaluate
@@ -18,7 +19,15 @@ EXAMPLES = """examples:
   python -m maskspec_fast.train finetune --init runs/pt/final --data synthetic:400:seed=1 \\
       --eval-data synthetic:400:seed=2 --out runs/ft
   python -m maskspec_fast.train eval --checkpoint runs/ft/final --data synthetic:400:seed=2
+  # the fine-tuning recipe of the paper (SpecAugment, mixup, patchout, best checkpoint by eval accuracy)
+  python -m maskspec_fast.train finetune --init runs/pt/final --data esc50:ESC-50:folds=1,2,3,4 \\
+      --eval-data esc50:ESC-50:folds=5 --eval-every 200 --freq-mask 48 --time-mask 192 --mixup 0.3 --patchout 40
+  # several processes (DDP; NCCL on GPUs, Gloo on CPU): --batch-size is the GLOBAL batch, split over processes
+  torchrun --nproc_per_node 8 -m maskspec_fast.train pretrain --data folder:audio --batch-size 512 --out runs/pt
 data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1,2,3] | manifest:FILE(.csv|.jsonl)
+resume: --resume auto continues from the newest complete checkpoint in --out (model, optimizer, lr schedule,
+  grad scaler, data position, RNG states; the torch front end resumes mid-epoch exactly, the DALI front end
+  re-decodes the used part of the current epoch to reach the same position)
 """
 
 
@@ -30,9 +39,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--skip-bad-files", action="store_true",
                    help="replace corrupt/unreadable files by other clips and count them instead of stopping")
+    g.add_argument("--frontend", choices=["torch", "dali", "auto"], default="torch",
+                   help="training input pipeline: torch (DataLoader + LogMel on the device), dali (NVIDIA DALI "
+                        "decodes files and computes the log-mel; file-based data only), auto (dali when it imports "
+                        "and the data are files, else torch). Evaluation always uses torch. Default: torch")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="output directory (checkpoints, log.csv, final/)")
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="GLOBAL batch: clips per optimizer step over all processes and --accum-steps micro-batches "
+                        "(each process loads batch/processes; lr scales with it)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
@@ -51,9 +66,10 @@ def _optim(p: argparse.ArgumentParser, steps: int, blr: float, warmup: int) -> N
     g.add_argument("--warmup-steps", type=int, default=warmup)
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
-    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    g.add_argument("--accum-steps", type=int, default=1,
+                   help="micro-batches per step (gradient accumulation: same result, 1/N of the activation memory)")
     g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
-    g.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    g.add_argument("--keep", type=int, default=3, help="step checkpoints kept (checkpoints/best is kept apart)")
     g.add_argument("--resume", default=None, help="checkpoint directory, or 'auto' for the newest in --out")
     g.add_argument("--log-every", type=int, default=5)
     g.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/Inf (counted)")
@@ -98,10 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a ModelConfig field when building without --init (repeatable)")
     g.add_argument("--eval-data", default=None, help="evaluated at the end (and every --eval-every steps)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate on --eval-data every N steps and keep the best model (accuracy, or mAP for "
+                        "multi-label sets) in <out>/checkpoints/best with <out>/best.json (0: only at the end)")
     g.add_argument("--layer-decay", type=float, default=0.75)
     g.add_argument("--drop-path", type=float, default=0.1)
     g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--patchout", type=int, default=0, help="patch tokens dropped per clip in training")
+    g.add_argument("--patchout", type=int, default=0, help="patch tokens dropped per clip in training (paper: 200 of 496)")
+    g = p.add_argument_group("augmentation and sampling")
+    g.add_argument("--freq-mask", type=int, default=0, help="SpecAugment: one frequency band of up to N mel bins "
+                   "masked per clip (paper: 48; 0: off)")
+    g.add_argument("--time-mask", type=int, default=0, help="SpecAugment: one time span of up to N frames per 10 s "
+                   "masked per clip, scaled to the clip length (paper: 192; 0: off)")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup with lam = max(u, 1-u), u ~ Beta(ALPHA, ALPHA) per clip, soft targets (PaSST: 0.3; "
+                        "0: off). Clips are paired within each process's micro-batch")
+    g.add_argument("--balanced-sampling", action="store_true",
+                   help="draw each epoch's clips with replacement, weighted by dataset.sample_weights() "
+                        "(class-balanced, for imbalanced sets such as AudioSet); seeded, so resume is exact")
 
     p = sub.add_parser("eval", help="evaluate a fine-tuned classifier", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,22 +184,48 @@ def _frames_for(dataset) -> int:
     return num_frames(int(round(dataset.clip_seconds * SAMPLE_RATE)))
 
 
+_DIST = DistInfo()
+
+
+def say(*a, **k) -> None:
+    """print on rank 0 only (every rank runs the same code under torchrun)."""
+    if _DIST.is_main:
+        print(*a, **k)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _DIST
+    from .loop import NonFiniteLoss
+
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = _device(args.device)
+    _DIST = init_distributed(device.type)
+    if _DIST.enabled and device.type == "cuda":
+        device = torch.device("cuda", _DIST.local_rank)  # one GPU per process
     if args.precision == "auto":
         args.precision = "bf16" if device.type == "cuda" else "fp32"
-    print(f"maskspec_fast {args.command}: device={device}, precision={args.precision}, fused={args.fused}")
+    dist_note = f", processes={_DIST.world_size} ({_DIST.backend})" if _DIST.enabled else ""
+    say(f"maskspec_fast {args.command}: device={device}, precision={args.precision}, fused={args.fused}{dist_note}")
     if args.fused:
-        print(format_backends())
+        say(format_backends())
     try:
         return _COMMANDS[args.command](args, device)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except RuntimeError as e:
+        if type(e).__name__ != "AudioDecodeError":
+            raise
+        print(f"error: {e} (use --skip-bad-files to replace such files)", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
 
 
 def _pretrain(args, device) -> int:
@@ -187,13 +243,14 @@ def _pretrain(args, device) -> int:
     config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), **over})
     model = Model(config, fused=args.fused).to(device)
     args.out = args.out or "runs/pretrain"
-    print(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); "
-          f"model: {args.preset} {config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
+    say(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); "
+        f"model: {args.preset} {config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
     frontend = LogMel(fmin_jitter=0 if args.no_mel_jitter else 9, fmax_jitter=0 if args.no_mel_jitter else 1000)
-    result = train(PretrainTask(model, args.mask_ratio, args.masks_per_clip), ds, args, frontend.to(device), device)
+    result = train(PretrainTask(model, args.mask_ratio, args.masks_per_clip), ds, args, frontend.to(device), device,
+                   log=say, dist_info=_DIST)
     first, last = _mean(result["losses"][:10]), _mean(result["losses"][-10:])
-    print(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
-          f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
+    say(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
+        f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
     _write_json(Path(args.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
                 {"loss_first10": first, "loss_last10": last})
     return 0
@@ -209,19 +266,34 @@ def _finetune(args, device) -> int:
     if args.init:
         clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
                                          drop_path_rate=args.drop_path, frames=frames // 16 * 16)
-        print(f"initialized the encoder from {args.init}")
+        say(f"initialized the encoder from {args.init}")
     else:
         config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
                                                           "drop_path_rate": args.drop_path})
         clf = Classifier(config, ds.num_classes, fused=args.fused)
-        print("encoder randomly initialized (no --init)")
+        say("encoder randomly initialized (no --init)")
     clf.patchout = args.patchout
     clf.to(device)
     args.out = args.out or "runs/finetune"
-    print(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
-    task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay)
-    result = train(task, ds, args, LogMel().to(device), device)
-    print(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
+    say(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
+    if args.eval_every and not args.eval_data:
+        raise ValueError("--eval-every needs --eval-data")
+    task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay, freq_mask=args.freq_mask,
+                        time_mask=args.time_mask, mixup_alpha=args.mixup)
+    evaluate = None
+    if args.eval_data and args.eval_every:
+        eval_ds = _dataset(args.eval_data, args, train=False)  # built once, reused at every evaluation
+
+        def evaluate(model):
+            metrics = _evaluate(model, args.eval_data, args, device, ds=eval_ds, quiet=True)
+            name = "mAP" if "mAP" in metrics else "accuracy"
+            return name, metrics[name], metrics
+
+    result = train(task, ds, args, LogMel().to(device), device, log=say, dist_info=_DIST, evaluate=evaluate)
+    say(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
+    if result.get("best"):
+        b = result["best"]
+        say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (saved in {Path(args.out) / 'checkpoints' / 'best'})")
     summary = {k: v for k, v in result.items() if k != "losses"}
     if args.eval_data:
         summary["eval"] = _evaluate(clf, args.eval_data, args, device)
@@ -239,21 +311,23 @@ def _eval(args, device) -> int:
     return 0
 
 
-def _evaluate(clf, spec: str, args, device) -> dict:
+def _evaluate(clf, spec: str, args, device, ds=None, quiet: bool = False) -> dict:
+    """Accuracy (or mAP for multi-label sets) of ``clf`` on ``spec``; every process takes part under torchrun."""
     from .loop import predict
     from .metrics import accuracy, mean_average_precision
 
-    ds = _dataset(spec, args, train=False)
+    ds = ds if ds is not None else _dataset(spec, args, train=False)
     if ds.num_classes != clf.num_classes:
         raise ValueError(f"{spec}: {ds.num_classes} classes, the classifier has {clf.num_classes}")
-    logits, labels = predict(clf, ds, args, LogMel().to(device), device)
+    logits, labels = predict(clf, ds, args, LogMel().to(device), device, dist_info=_DIST)
+    out = (lambda *a, **k: None) if quiet else say
     if ds.multilabel:
         result = {"mAP": mean_average_precision(torch.sigmoid(logits), labels), "clips": len(ds)}
-        print(f"eval on {spec}: mAP = {result['mAP']:.4f} over {len(ds)} clips")
+        out(f"eval on {spec}: mAP = {result['mAP']:.4f} over {len(ds)} clips")
     else:
         result = {"accuracy": accuracy(logits, labels), "clips": len(ds), "chance": 1.0 / ds.num_classes}
-        print(f"eval on {spec}: accuracy = {result['accuracy']:.4f} over {len(ds)} clips "
-              f"(chance {result['chance']:.4f})")
+        out(f"eval on {spec}: accuracy = {result['accuracy']:.4f} over {len(ds)} clips "
+            f"(chance {result['chance']:.4f})")
     return result
 
 
@@ -262,6 +336,8 @@ def _mean(xs: list[float]) -> float:
 
 
 def _write_json(path: Path, obj: dict) -> None:
+    if not _DIST.is_main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str))
 

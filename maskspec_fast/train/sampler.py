@@ -1,4 +1,4 @@
-"""A resumable, shardable sampler: a seeded permutation per epoch, split across ranks, that can start mid-epoch."""
+"""A resumable, shardable sampler: a seeded order per epoch, split across ranks, that can start mid-epoch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,15 +8,37 @@ from torch.utils.data import Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """Indices of epoch ``e`` = permutation(seed + e) (or ``range`` without shuffle), rank ``r`` of ``w`` taking
-    every w-th index from position r. The permutation is padded by wrapping so that every rank gets the same
-    count (DDP needs equal step counts); ``padding`` says how many indices repeat. ``skip`` drops the first
-    ``skip`` indices of this rank's list (resume mid-epoch)."""
+    """Indices of epoch ``e``: a function of ``(seed, e)`` only, so a resumed run draws exactly what an
+    uninterrupted one would.
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    * ``shuffle``: ``permutation(seed + e)`` (else ``range(size)``).
+    * ``weights`` ``(size,)`` (class-balanced sampling, e.g. ``dataset.sample_weights()``): ``size`` indices drawn
+      with replacement with probability ``weights[i] / sum(weights)`` from a generator seeded by ``seed + e``.
+
+    Rank ``r`` of ``w`` takes every w-th index from position r, so the global batch s (positions
+    ``[sB, (s+1)B)``) is the union of the ranks' local batches s, whatever w is. The order is padded by wrapping
+    so that every rank gets the same count (DDP needs equal step counts); ``padding`` says how many indices
+    repeat. ``skip`` drops the first ``skip`` indices of this rank's list (resume mid-epoch).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        weights: torch.Tensor | None = None,
+    ):
         if size <= 0:
             raise ValueError("the dataset is empty")
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            if weights.shape != (size,) or not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"weights must be ({size},), finite, non-negative and not all zero")
+        self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
         self.per_rank = -(-size // world_size)  # ceil
@@ -25,12 +47,17 @@ class ResumableSampler(Sampler[int]):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def indices(self) -> list[int]:
+    def global_order(self) -> list[int]:
+        """This epoch's order over all ranks (before padding)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.size, replacement=True, generator=g).tolist()
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+            return torch.randperm(self.size, generator=g).tolist()
+        return list(range(self.size))
+
+    def indices(self) -> list[int]:
+        order = self.global_order()
         order += order[: self.padding]
         return order[self.rank :: self.world_size]
 

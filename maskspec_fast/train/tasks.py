@@ -1,4 +1,15 @@
-"""What differs between pre-training and fine-tuning: the model, its loss, and its param groups."""
+"""What differs between pre-training and fine-tuning: the model, its loss, its param groups, and the per-sample
+randomness each draws for a step.
+
+Protocol used by :func:`maskspec_fast.train.loop.train`:
+
+* ``task.model``: the bare module (saved, pictured, grouped); ``task.net``: what the forward runs through
+  (the same module, or its ``DistributedDataParallel`` wrapper under torchrun).
+* ``task.draw(gen, global_batch, rows, spec) -> dict[str, Tensor]``: per-sample random inputs for the rows of the
+  global batch that this rank holds (leading dim = local batch), drawn from ``gen`` (seeded by ``(seed, step)``).
+  Drawing for the global batch and keeping rows is what makes ranks x local batch == one process x global batch.
+* ``task.loss(spec, labels, **extras)``: the mean loss of one micro-batch (extras sliced like ``spec``).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,19 +17,38 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import Classifier, Model
+from .augment import (
+    MaskParams,
+    apply_mixup,
+    apply_spec_augment,
+    draw_mixup_lambda,
+    draw_spec_augment,
+    scaled_time_mask,
+    soft_targets,
+)
 from .schedule import param_groups
 
 
 class PretrainTask:
-    """MaskSpec pre-training: ``loss = model(spec, mask_ratio)``; labels are ignored."""
+    """MaskSpec pre-training: ``loss = model(spec, mask_ratio, noise)``; labels are ignored."""
 
     name = "pretrain"
 
     def __init__(self, model: Model, mask_ratio: float, masks_per_clip: int = 1):
         self.model, self.mask_ratio, self.masks_per_clip = model, mask_ratio, masks_per_clip
+        self.net: nn.Module = model
 
-    def loss(self, spec: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        loss, _, _ = self.model(spec, mask_ratio=self.mask_ratio, masks_per_clip=self.masks_per_clip)
+    def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
+        """Masking noise ``(B_local, M, L)`` (rows of the global ``(B, M, L)`` draw); L from the spec's grid."""
+        p = self.model.config.patch_size
+        n = (spec.shape[-2] // p) * (spec.shape[-1] // p)
+        noise = torch.rand(global_batch, self.masks_per_clip, n, generator=gen)[rows]
+        return {"noise": noise.to(spec.device, non_blocking=True)}
+
+    def loss(self, spec: torch.Tensor, labels: torch.Tensor | None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is not None:
+            noise = noise.reshape(-1, noise.shape[-1])  # (B * M, L): rows b*M .. b*M + M-1 belong to clip b
+        loss, _, _ = self.net(spec, mask_ratio=self.mask_ratio, masks_per_clip=self.masks_per_clip, noise=noise)
         return loss
 
     def groups(self, weight_decay: float) -> list[dict]:
@@ -39,16 +69,50 @@ class PretrainTask:
 
 
 class FinetuneTask:
-    """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing."""
+    """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing; optional
+    SpecAugment (one frequency band up to ``freq_mask`` bins and one time span up to ``time_mask`` frames per
+    10 s, scaled to the clip length) and mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
 
     name = "finetune"
 
-    def __init__(self, model: Classifier, multilabel: bool, label_smoothing: float = 0.1, layer_decay: float = 0.75):
+    def __init__(
+        self,
+        model: Classifier,
+        multilabel: bool,
+        label_smoothing: float = 0.1,
+        layer_decay: float = 0.75,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        mixup_alpha: float = 0.0,
+    ):
         self.model, self.multilabel = model, multilabel
         self.label_smoothing, self.layer_decay = label_smoothing, layer_decay
+        self.freq_mask, self.time_mask, self.mixup_alpha = freq_mask, time_mask, mixup_alpha
+        self.net: nn.Module = model
 
-    def loss(self, spec: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model(spec).float()
+    def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
+        out: dict[str, torch.Tensor] = {}
+        if self.freq_mask > 0 or self.time_mask > 0:
+            f, t = spec.shape[-2], spec.shape[-1]
+            p = draw_spec_augment(gen, global_batch, f, t, self.freq_mask, scaled_time_mask(self.time_mask, t))
+            p = p.rows(rows)
+            out.update(f_start=p.f_start, f_width=p.f_width, t_start=p.t_start, t_width=p.t_width)
+        if self.mixup_alpha > 0:
+            out["lam"] = draw_mixup_lambda(gen, global_batch, self.mixup_alpha)[rows]
+        return out
+
+    def augment(self, spec: torch.Tensor, labels: torch.Tensor, **extras) -> tuple[torch.Tensor, torch.Tensor]:
+        """SpecAugment, then mixup (the order of PaSST's recipe: masks per clip, then clips are mixed)."""
+        if "f_start" in extras:
+            p = MaskParams(extras["f_start"], extras["f_width"], extras["t_start"], extras["t_width"])
+            spec = apply_spec_augment(spec, p)
+        if "lam" in extras:
+            spec, labels = apply_mixup(spec, soft_targets(labels, self.model.num_classes), extras["lam"])
+        return spec, labels
+
+    def loss(self, spec: torch.Tensor, labels: torch.Tensor, **extras) -> torch.Tensor:
+        spec, labels = self.augment(spec, labels, **extras)
+        logits = self.net(spec).float()
         return classification_loss(logits, labels, self.multilabel, self.label_smoothing)
 
     def groups(self, weight_decay: float) -> list[dict]:
