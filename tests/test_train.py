@@ -296,3 +296,14 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(tmp
     assert rows(cut) == rows(full)
     a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(cut / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fused_pretraining_runs_and_reports_backends(tmp_path, capsys):
+    args = ["pretrain", "--fused", "--data", "synthetic:24", "--steps", "3", "--batch-size", "6", "--lr", "1e-3",
+            "--warmup-steps", "1", "--log-every", "1", "--picture-every", "3", "--out", str(tmp_path),
+            *SMALL, *DECODER, *COMMON]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "fused=True" in out and "gather_visible" in out and "patch_tokens" in out
+    losses = [float(r["loss"]) for r in read_log(tmp_path / "log.csv")]
+    assert len(losses) == 3 and all(0 < x < 10 for x in losses)

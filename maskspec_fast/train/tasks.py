@@ -48,7 +48,9 @@ class PretrainTask:
     def loss(self, spec: torch.Tensor, labels: torch.Tensor | None, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is not None:
             noise = noise.reshape(-1, noise.shape[-1])  # (B * M, L): rows b*M .. b*M + M-1 belong to clip b
-        loss, _, _ = self.net(spec, mask_ratio=self.mask_ratio, masks_per_clip=self.masks_per_clip, noise=noise)
+        # return_pred=False: the loss is all a step needs, so the fused path scores masked tokens only
+        loss, _, _ = self.net(spec, mask_ratio=self.mask_ratio, masks_per_clip=self.masks_per_clip, noise=noise,
+                              return_pred=False)
         return loss
 
     def groups(self, weight_decay: float) -> list[dict]:
