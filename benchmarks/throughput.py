@@ -24,6 +24,7 @@ from _common import environment, peak_rss, print_table, reset_peak_rss, time_fn,
 
 from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
 from maskspec_fast.ops import num_visible  # noqa: E402
+from maskspec_fast.train.schedule import make_adamw  # noqa: E402
 
 # Dense bf16 / tf32 peak FLOP/s per card (datasheets, SXM parts; no sparsity).
 PEAK_FLOPS = {"H100": {"bf16": 989e12, "fp32": 494e12}, "H200": {"bf16": 989e12, "fp32": 494e12},
@@ -65,7 +66,7 @@ def make_step(kind: str, impl: str, config: ModelConfig, args, device: torch.dev
         model = Model(config, fused=fused).to(device)
     else:
         model = Classifier(config, args.num_classes, fused=fused).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda" or None)
+    opt = make_adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # fused AdamW, as the training CLI uses
     fwd = torch.compile(model) if impl.endswith("compile") else model
     spec = torch.randn(args.batch_size, config.n_mels, config.frames, device=device)
     labels = torch.randint(args.num_classes, (args.batch_size,), device=device)

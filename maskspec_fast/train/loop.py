@@ -39,7 +39,7 @@ from .checkpoint import (
 from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, local_rows, wrap_ddp
 from .inputs import DaliInput, TorchInput, make_loader, to_spec  # noqa: F401  (make_loader/to_spec re-exported)
 from .sampler import ResumableSampler
-from .schedule import scaled_lr, set_lr, warmup_cosine
+from .schedule import make_adamw, scaled_lr, set_lr, warmup_cosine
 
 
 class NonFiniteLoss(RuntimeError):
@@ -161,7 +161,7 @@ def train(
                          f"processes x --accum-steps = {info.world_size} x {accum}")
     local_batch = global_batch // info.world_size
     peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, global_batch)
-    optimizer = torch.optim.AdamW(task.groups(args.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
+    optimizer = make_adamw(task.groups(args.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
     precision = getattr(args, "precision", "fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batches_per_epoch = len(dataset) // global_batch
