@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
+    # Denormal floats (tiny Adam moments, decayed activations) make CPU math 10x+ slower as training proceeds;
+    # flushing them to zero changes nothing measurable in the results.
+    torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
