@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .ops.attention import attention
+from .ops.attention import attention, flash_attention_packed
 
 
 class PatchEmbed(nn.Module):
@@ -55,6 +55,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
+        if self.backend == "flash_attn":  # the packed layout is what flash-attn reads: no permute, no copy
+            return self.proj(flash_attention_packed(qkv, key_padding_mask).reshape(b, n, d))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
         out = attention(q, k, v, key_padding_mask, backend=self.backend)  # (B, H, N, hd)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)

@@ -2,6 +2,7 @@
 (tight) and in bf16 (error at most 2x the reference's own bf16 error, both against fp32); 20 training steps give
 matching loss curves. On CPU the Triton parts run in the interpreter (conftest sets TRITON_INTERPRET=1)."""
 import copy
+import importlib
 
 import pytest
 import torch
@@ -129,3 +130,45 @@ def test_fused_model_matches_reference_on_gpu_bf16():
         lr_ = ref(spec, noise=noise)[0]
         lf = fast(spec, noise=noise, return_pred=False)[0]
     assert abs(lf.double() - loss64) <= 2 * abs(lr_.double() - loss64) + 1e-3
+
+
+class _FakeFlash:
+    """Stand-in for the flash-attn package with its packed signatures, computed by the reference, so the packing,
+    cu_seqlens and unpacking plumbing is tested on CPU."""
+
+    calls: list = []
+
+    @staticmethod
+    def flash_attn_qkvpacked_func(qkv):
+        _FakeFlash.calls.append("packed")
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return attention_ref(q, k, v).transpose(1, 2)
+
+    @staticmethod
+    def flash_attn_varlen_qkvpacked_func(packed, cu_seqlens, max_seqlen):
+        _FakeFlash.calls.append("varlen")
+        outs = []
+        for s, e in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            assert e - s <= max_seqlen
+            q, k, v = packed[s:e].unsqueeze(0).permute(2, 0, 3, 1, 4).unbind(0)  # (1, H, n, d)
+            outs.append(attention_ref(q, k, v)[0].transpose(0, 1))  # (n, H, d)
+        return torch.cat(outs)
+
+
+def test_flash_attn_packing_and_varlen_plumbing(monkeypatch):
+    att = importlib.import_module("maskspec_fast.ops.attention")  # the module (ops.attention is also a function)
+
+    monkeypatch.setattr(att, "_flash_module", lambda: _FakeFlash)
+    monkeypatch.setattr(att, "_flash_eligible", lambda t: True)
+    _FakeFlash.calls.clear()
+    c = cfg(frames=128)
+    ref = Classifier(c, 3, fused=False).eval()
+    fast = Classifier(c, 3, fused=False).eval()
+    fast.load_state_dict(ref.state_dict())
+    for blk in fast.blocks:
+        blk.attn.backend = "flash_attn"
+    spec = torch.randn(3, 32, 128)
+    lengths = torch.tensor([128, 70, 33])
+    torch.testing.assert_close(fast(spec), ref(spec), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast(spec, lengths), ref(spec, lengths), rtol=1e-5, atol=1e-5)
+    assert "packed" in _FakeFlash.calls and "varlen" in _FakeFlash.calls

@@ -38,14 +38,47 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def _flash(q, k, v, key_padding_mask=None):
-    # flash-attn wants (B, N, H, d) fp16/bf16 on CUDA; padded batches fall back to SDPA (masked).
-    if key_padding_mask is not None or q.dtype not in (torch.float16, torch.bfloat16) or not q.is_cuda:
-        return _sdpa(q, k, v, key_padding_mask)
-    from flash_attn import flash_attn_func
+def _flash_module():
+    """The flash-attn package (imported on first use; tests substitute a stand-in)."""
+    import flash_attn
 
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    return flash_attn
+
+
+def _flash_eligible(t: torch.Tensor) -> bool:
+    """flash-attn runs fp16/bf16 CUDA tensors; everything else takes SDPA."""
+    return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16)
+
+
+def flash_attention_packed(qkv: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention straight from the fused QKV projection: qkv ``(B, N, 3, H, d)`` -> ``(B, N, H, d)``.
+
+    No padding: ``flash_attn_qkvpacked_func``. With ``key_padding_mask`` ``(B, N)`` (True = padded) the valid tokens
+    are packed into one ``(total, 3, H, d)`` sequence batch with ``cu_seqlens`` and run through
+    ``flash_attn_varlen_qkvpacked_func``, so padded tokens neither attend nor are attended to and cost nothing;
+    their output rows are zeros. Ineligible inputs (CPU, fp32) take SDPA with the same semantics.
+    """
+    if not _flash_eligible(qkv):
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        return _sdpa(q, k, v, key_padding_mask).transpose(1, 2)  # (B, N, H, d)
+    fa = _flash_module()
+    if key_padding_mask is None:
+        return fa.flash_attn_qkvpacked_func(qkv)
+    b, n = key_padding_mask.shape
+    valid = ~key_padding_mask  # (B, N)
+    lens = valid.sum(dim=1, dtype=torch.int32)  # (B,)
+    cu_seqlens = F.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))  # (B+1,) offsets into the packed batch
+    packed = qkv[valid]  # (total, 3, H, d), sample-major as cu_seqlens expects
+    out_packed = fa.flash_attn_varlen_qkvpacked_func(packed, cu_seqlens, int(lens.max().item()))  # (total, H, d)
+    out = qkv.new_zeros(b, n, *qkv.shape[-2:])
+    out[valid] = out_packed
+    return out
+
+
+def _flash(q, k, v, key_padding_mask=None):
+    """Backend entry with separate (B, H, N, d) tensors (the model's blocks call flash_attention_packed)."""
+    qkv = torch.stack([q, k, v], dim=2).transpose(1, 3)  # (B, H, 3, N, d) -> (B, N, 3, H, d)
+    return flash_attention_packed(qkv, key_padding_mask).transpose(1, 2)
 
 
 _BACKENDS = {"reference": attention_ref, "sdpa": _sdpa, "flash_attn": _flash}
@@ -56,7 +89,7 @@ def choose_attention_backend(fused: bool) -> tuple[str, str]:
     if not fused:
         return "reference", "plain path: explicit softmax(QK^T/sqrt(d))V"
     if flash_attn_available() and torch.cuda.is_available():
-        return "flash_attn", "flash-attn package found and CUDA present (fp16/bf16 inputs; others use SDPA)"
+        return "flash_attn", "flash-attn found, CUDA present: qkv-packed kernel, varlen for padded batches (fp16/bf16; others SDPA)"
     reason = "flash-attn not installed" if not flash_attn_available() else "no CUDA device"
     return "sdpa", f"{reason}; torch scaled_dot_product_attention picks flash/cuDNN/efficient kernels"
 
