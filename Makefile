@@ -1,11 +1,14 @@
 # Everything a fresh machine needs, from this repository's own files.
-#   make test   - create .venv, install pinned CPU dependencies + the package (C++ extension built when possible), run the tests
+#   make test   - create .venv (+ .venv-timm for the timm interop test), install pinned CPU dependencies + the package
+#                 (C++ extension built when possible), run the tests
 #   make demo   - the main job: pre-train MaskSpec-tiny on built-in sounds, fine-tune, print the accuracy
 #   make bench  - CPU benchmarks (throughput, kernels, patchify, front end)
 #   make lint   - ruff
 PY ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
+# timm needs torchvision, which does not load beside the CPU torch 2.13.0: its interop test gets its own venv
+TIMM_VENV ?= .venv-timm
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench lint clean
@@ -18,7 +21,13 @@ $(VENV)/.installed: requirements-ci.txt pyproject.toml setup.py
 
 install: $(VENV)/.installed
 
-test: install
+$(TIMM_VENV)/.installed: requirements-timm.txt
+	$(PY) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/python -m pip install -q -r requirements-timm.txt
+	touch $@
+
+test: install $(TIMM_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -34,4 +43,4 @@ lint: install
 	$(VPY) -m ruff check maskspec_fast tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) $(TIMM_VENV) build *.egg-info runs
