@@ -144,3 +144,10 @@ def test_sincos_table_and_resize():
     torch.testing.assert_close(cropped[0], tab)  # crop of a sin-cos table = the smaller table
     grown = resize_pos_embed(tab.unsqueeze(0), (2, 5), (2, 9))
     assert grown.shape == (1, 19, 16)
+
+
+def test_unpatchify_infers_the_grid_from_mel_rows():
+    spec = torch.randn(2, 128, 992)
+    assert torch.equal(unpatchify(patchify(spec)), spec)
+    with pytest.raises(ValueError, match="frequency rows"):
+        unpatchify(torch.randn(1, 13, 256))

@@ -32,9 +32,19 @@ def patchify(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
     return x.reshape(b, gf * gt, patch * patch)  # (B, L, p*p)
 
 
-def unpatchify(patches: torch.Tensor, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(B, L, p*p)`` with ``L = gf*gt`` -> ``(B, gf*p, gt*p)``."""
+def unpatchify(
+    patches: torch.Tensor, grid: tuple[int, int] | None = None, patch: int = 16, n_mels: int = 128
+) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(B, L, p*p)`` with ``L = gf*gt`` -> ``(B, gf*p, gt*p)``.
+
+    ``grid = (gf, gt)``; when omitted, ``gf = n_mels // patch`` (8 for 128 mel bins) and ``gt = L // gf``.
+    """
     b, n, d = patches.shape
+    if grid is None:
+        gf = n_mels // patch
+        if gf == 0 or n % gf:
+            raise ValueError(f"{n} patches do not fill {gf} frequency rows; pass grid=(gf, gt)")
+        grid = (gf, n // gf)
     gf, gt = grid
     if n != gf * gt or d != patch * patch:
         raise ValueError(f"patches {tuple(patches.shape)} do not match grid {grid} with patch {patch}")
