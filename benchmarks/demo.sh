@@ -3,6 +3,7 @@
 # set, and print the accuracy on held-out clips. The encoder is the paper's tiny (192/12/3); the decoder is cut to
 # 256 wide x 4 deep so pre-training fits a few CPU minutes (the paper's 512 x 8 is the preset default).
 # Usage: bash benchmarks/demo.sh [OUT_DIR]    (PYTHON=... to pick the interpreter; default .venv/bin/python)
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0; fi
 set -euo pipefail
 OUT=${1:-runs/demo}
 PY=${PYTHON:-.venv/bin/python}

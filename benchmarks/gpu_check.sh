@@ -3,6 +3,7 @@
 # compiled Triton kernels (no interpreter), kernel / patchify / front-end / throughput benchmarks at MaskSpec-base
 # shapes, and a summary. Everything is also written under $OUT when it is set.
 #   bash benchmarks/gpu_check.sh            (from the repository root; uses python3 or $PYTHON)
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n '2,/^[^#]/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0; fi
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
