@@ -42,7 +42,10 @@ PYEOF"
 # The C++ extension is optional on the GPU box (its CUDA path is Triton); build it in place when a compiler exists.
 step build_ext 45 $PY setup.py build_ext --inplace
 
-step gpu_tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider tests/ --junitxml="$RES/gpu_tests.xml"
+# Only the files holding GPU tests, so that a test module needing a package the GPU image lacks cannot stop them.
+GPU_TEST_FILES=$(grep -l "mark.gpu" tests/test_*.py)
+step gpu_tests 80 $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors $GPU_TEST_FILES \
+    --junitxml="$RES/gpu_tests.xml"
 step kernels 40 $PY benchmarks/kernels.py --batch 128 --results-file "$RES/kernels.json"
 step patchify 25 $PY benchmarks/patchify.py --results-file "$RES/patchify.json"
 step frontend 30 $PY benchmarks/frontend.py --num-files 64 --results-file "$RES/frontend.json"
