@@ -59,9 +59,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def make_adamw(params, lr: float, betas: tuple[float, float] = (0.9, 0.95), **kw) -> torch.optim.AdamW:
-    """AdamW with the fused multi-tensor kernel (CPU and CUDA). The default per-tensor loop costs seconds per step
-    on a 2-core CPU (measured: 4.3 s vs 0.013 s fused for MaskSpec-tiny), so fused is not an optional nicety; the
-    update is the same algorithm. Falls back to ``foreach`` where fused is unsupported (e.g. float64 params)."""
+    """AdamW with the fused multi-tensor kernel (CPU and CUDA): the same algorithm as the default per-tensor loop,
+    3x faster on this 2-core CPU for MaskSpec-tiny (idle machine: 4.3 ms vs 12.8 ms per update). Falls back to
+    ``foreach`` where fused is unsupported (e.g. float64 params)."""
     params = list(params)
     try:
         return torch.optim.AdamW(params, lr=lr, betas=betas, fused=True, **kw)
