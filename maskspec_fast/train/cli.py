@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
-    # Denormal floats (tiny Adam moments, decayed activations) make CPU math 10x+ slower as training proceeds;
-    # flushing them to zero changes nothing measurable in the results.
+    # Subnormal floats (tiny Adam moments, decayed activations) take a slow path on many CPUs; flushing them to
+    # zero is cheap insurance (no slowdown from them was measured in our runs, nor any change in results).
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
