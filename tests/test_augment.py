@@ -50,6 +50,9 @@ def test_masked_band_is_contiguous_and_zero():
     p = draw_spec_augment(_gen(), 2, 128, 50, 48, 20)
     p.f_width[:] = torch.tensor([10, 0])
     p.t_width[:] = torch.tensor([0, 7])
+    # the drawn starts fit the drawn widths; keep the widened spans inside the axes
+    p.f_start[0] = p.f_start[0].clamp(max=128 - 10)
+    p.t_start[1] = p.t_start[1].clamp(max=50 - 7)
     out = apply_spec_augment(spec, p)
     fs, ts = int(p.f_start[0]), int(p.t_start[1])
     assert (out[0, fs : fs + 10] == 0).all() and (out[0] == 0).sum() == 10 * 50
