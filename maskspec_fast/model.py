@@ -119,6 +119,10 @@ class Model(_Encoder):
         ``B' = B * M``, rows ``b*M .. b*M + M-1`` belong to clip b (EAT's multi-mask trick).
         ``patches`` ``(B, L, p*p)``: already patchified input (fused path: patchify once for tokens and targets).
         """
+        return self._encode(img, mask_ratio, noise, masks_per_clip, patches)[:4]
+
+    def _encode(self, img, mask_ratio, noise, masks_per_clip, patches):
+        """:meth:`forward_encoder` plus ``ids_masked`` ``(B', L-K)`` (fused path; None on the reference path)."""
         grid = self.grid_of(img)
         pos = self.encoder_pos(grid)  # (1, 1+L, D)
         b, n = img.shape[0] * masks_per_clip, grid[0] * grid[1]
@@ -128,7 +132,7 @@ class Model(_Encoder):
             raise ValueError(f"noise must have shape (B * masks_per_clip, L) = {(b, n)}, got {tuple(noise.shape)}")
         if self.fused:
             keep = num_visible(n, mask_ratio)
-            mask, ids_restore, ids_keep, _ = masking_ids(noise, keep)
+            mask, ids_restore, ids_keep, ids_masked = masking_ids(noise, keep)
             if patches is not None:
                 x = F.linear(patches, *self.patch_embed.linear_weight())  # (B, L, D) = Conv2d on patches
             else:
@@ -138,11 +142,13 @@ class Model(_Encoder):
         else:
             x = _repeat_clips(self.patch_embed(img) + pos[:, 1:], masks_per_clip)  # (B', L, D)
             x, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)  # (B', K, D)
+            ids_masked = None
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B', 1, D)
         x = torch.cat([cls, x], dim=1)  # (B', 1+K, D)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x), mask.to(img.dtype if img.is_floating_point() else torch.float32), ids_restore, ids_keep
+        mask = mask.to(img.dtype if img.is_floating_point() else torch.float32)
+        return self.norm(x), mask, ids_restore, ids_keep, ids_masked
 
     def forward_decoder(
         self,
@@ -197,12 +203,11 @@ class Model(_Encoder):
             pred = self.forward_decoder(latent, ids_restore, grid)
             return self.forward_loss(img, pred, mask, masks_per_clip), pred, mask
         patches = self.ops.patchify(img, self.config.patch_size)  # (B, L, p*p), read once for tokens and targets
-        latent, mask, ids_restore, ids_keep = self.forward_encoder(img, ratio, noise, masks_per_clip, patches)
+        latent, mask, ids_restore, _, ids_masked = self._encode(img, ratio, noise, masks_per_clip, patches)
         target = _repeat_clips(patches, masks_per_clip)  # (B', L, p*p)
         if return_pred:
             pred = self.forward_decoder(latent, ids_restore, grid)
             return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss), pred, mask
-        ids_masked = torch.argsort(ids_restore, dim=1)[:, ids_keep.shape[1] :]  # (B', M) = ids_shuffle[:, K:]
         pred_masked = self.forward_decoder(latent, ids_restore, grid, ids_masked)  # (B', M, p*p)
         loss = self.ops.masked_mse_on_masked(pred_masked, target, ids_masked, self.config.norm_pix_loss)
         return loss, None, mask
@@ -288,6 +293,12 @@ class Classifier(_Encoder):
         ``lengths`` ``(B,)``: valid frames per clip of a right-padded batch; tokens of patches that reach past a
         clip's end are padding: no token attends to them (key padding mask) and pooling ignores them.
         """
+        return self._features(spec, lengths)[0]
+
+    def _features(
+        self, spec: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens ``(B, 1+L', D)`` and the key padding mask ``(B, 1+L)`` they were computed with (None if unpadded)."""
         img = check_spec(spec, self.config)
         p = self.config.patch_size
         grid = (img.shape[-2] // p, img.shape[-1] // p)
@@ -304,8 +315,7 @@ class Classifier(_Encoder):
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x, pad)
-        self._last_padding = pad
-        return x
+        return x, pad
 
     def token_padding(self, lengths: torch.Tensor, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """``(B, 1+L)`` bool, True where a patch token lies (partly) beyond the clip's valid frames; CLS is valid."""
@@ -317,10 +327,11 @@ class Classifier(_Encoder):
 
     def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Clip embedding ``(B, D)``: fc_norm(mean of the (valid) patch tokens)."""
-        tokens = self.forward_features(spec, lengths)[:, 1:]  # (B, L, D)
-        if lengths is None:
+        x, pad = self._features(spec, lengths)
+        tokens = x[:, 1:]  # (B, L, D)
+        if pad is None:
             return self.fc_norm(tokens.mean(dim=1))
-        keep = (~self._last_padding[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+        keep = (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
         return self.fc_norm((tokens * keep).sum(1) / keep.sum(1))
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
