@@ -6,6 +6,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..data.order import epoch_order, per_rank, rank_share
+
 
 class ResumableSampler(Sampler[int]):
     """Indices of epoch ``e``: a function of ``(seed, e)`` only, so a resumed run draws exactly what an
@@ -41,7 +43,7 @@ class ResumableSampler(Sampler[int]):
         self.size, self.seed, self.shuffle, self.weights = size, seed, shuffle, weights
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
-        self.per_rank = -(-size // world_size)  # ceil
+        self.per_rank = per_rank(size, world_size)
         self.padding = self.per_rank * world_size - size
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -49,17 +51,10 @@ class ResumableSampler(Sampler[int]):
 
     def global_order(self) -> list[int]:
         """This epoch's order over all ranks (before padding)."""
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.weights is not None:
-            return torch.multinomial(self.weights, self.size, replacement=True, generator=g).tolist()
-        if self.shuffle:
-            return torch.randperm(self.size, generator=g).tolist()
-        return list(range(self.size))
+        return epoch_order(self.size, self.seed, self.epoch, self.shuffle, self.weights)
 
     def indices(self) -> list[int]:
-        order = self.global_order()
-        order += order[: self.padding]
-        return order[self.rank :: self.world_size]
+        return rank_share(self.global_order(), self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices()[self.skip :])
