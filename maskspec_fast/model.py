@@ -440,11 +440,6 @@ class Classifier(_Encoder):
         return self.ops.report
 
 
-def count_parameters(module: nn.Module, prefix: str = "") -> int:
-    """Number of parameters whose name starts with ``prefix`` (frozen tables included)."""
-    return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefix))
-
-
 def encoder_parameter_count(model: Model) -> int:
     """Encoder parameters (patch_embed, cls, pos, blocks, norm): ~86M for base, as PAPER.md states."""
     return sum(
@@ -454,4 +449,4 @@ def encoder_parameter_count(model: Model) -> int:
     )
 
 
-__all__ = ["Classifier", "Model", "check_spec", "count_parameters", "encoder_parameter_count"]
+__all__ = ["Classifier", "Model", "check_spec", "encoder_parameter_count"]

@@ -134,5 +134,5 @@ def test_finetune_task_loss_uses_augmentations():
     assert plain.draw(_gen(), 4, local_rows(4, 0, 1), spec) == {}
     x, y = aug.augment(spec, labels, **extras)
     assert y.shape == (4, 4) and not torch.equal(x, spec)
-    assert torch.isfinite(aug.loss(spec, labels, **extras))
-    assert not torch.equal(aug.loss(spec, labels, **extras), plain.loss(spec, labels))
+    assert torch.isfinite(aug.loss(clf, spec, labels, **extras))
+    assert not torch.equal(aug.loss(clf, spec, labels, **extras), plain.loss(clf, spec, labels))

@@ -177,12 +177,10 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
 
 
 def test_nonfinite_losses_stop_with_the_last_checkpoint_or_are_counted(tmp_path):
-    import argparse
-
     from maskspec_fast import Model, ModelConfig
     from maskspec_fast.data import SyntheticSounds
     from maskspec_fast.frontend.logmel import LogMel
-    from maskspec_fast.train.loop import NonFiniteLoss, train
+    from maskspec_fast.train import NonFiniteLoss, TrainConfig, train
     from maskspec_fast.train.tasks import PretrainTask
 
     class Flaky(PretrainTask):
@@ -190,9 +188,9 @@ def test_nonfinite_losses_stop_with_the_last_checkpoint_or_are_counted(tmp_path)
 
         calls = 0
 
-        def loss(self, spec, labels, **extras):
+        def loss(self, net, spec, labels, **extras):
             Flaky.calls += 1
-            out = super().loss(spec, labels, **extras)
+            out = super().loss(net, spec, labels, **extras)
             return out * float("nan") if Flaky.calls in (4, 6) else out
 
     cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64, decoder_embed_dim=32, decoder_depth=1,
@@ -200,17 +198,14 @@ def test_nonfinite_losses_stop_with_the_last_checkpoint_or_are_counted(tmp_path)
     ds = SyntheticSounds(24, clip_seconds=0.64, train=True)
 
     def args(out, skip):
-        return argparse.Namespace(out=str(out), batch_size=4, accum_steps=1, lr=1e-3, blr=None, weight_decay=0.05,
-                                  precision="fp32", steps=6, seed=0, warmup_steps=1, min_lr=0.0, clip_grad=1.0,
-                                  save_every=2, keep=3, resume=None, log_every=1, skip_nonfinite=skip, quiet=True,
-                                  workers=0, picture_every=0, tensorboard=False, frontend="torch",
-                                  skip_bad_files=False)
+        return TrainConfig(out=str(out), batch_size=4, lr=1e-3, steps=6, warmup_steps=1, save_every=2, log_every=1,
+                           skip_nonfinite=skip, quiet=True, workers=0)
 
     Flaky.calls = 0
     with pytest.raises(NonFiniteLoss, match=r"at step 3; last good checkpoint: .*step_00000002"):
-        train(Flaky(Model(cfg), 0.75), ds, args(tmp_path / "stop", False), LogMel(), torch.device("cpu"))
+        train(Flaky(Model(cfg)), ds, args(tmp_path / "stop", False), LogMel(), torch.device("cpu"))
     Flaky.calls = 0
-    result = train(Flaky(Model(cfg), 0.75), ds, args(tmp_path / "skip", True), LogMel(), torch.device("cpu"),
+    result = train(Flaky(Model(cfg)), ds, args(tmp_path / "skip", True), LogMel(), torch.device("cpu"),
                    log=lambda *a: None)
     assert result["nonfinite"] == 2 and result["steps"] == 6
     rows = read_log(tmp_path / "skip" / "log.csv")
@@ -307,3 +302,33 @@ def test_fused_pretraining_runs_and_reports_backends(tmp_path, capsys):
     assert "fused=True" in out and "gather_visible" in out and "patch_tokens" in out
     losses = [float(r["loss"]) for r in read_log(tmp_path / "log.csv")]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses)
+
+
+def test_train_config_and_state_round_trip(tmp_path):
+    import argparse
+
+    from maskspec_fast.train import TrainConfig, TrainerState
+
+    cfg = TrainConfig.from_args(argparse.Namespace(steps=7, batch_size=8, lr=None, blr=2.56e-4, data="x", preset="y"))
+    assert (cfg.steps, cfg.batch_size) == (7, 8) and abs(cfg.peak_lr() - 8e-6) < 1e-12
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    st = TrainerState(step=3, epoch=1, batch_in_epoch=2, nonfinite=1, best={"metric": "accuracy", "value": 0.5, "step": 2})
+    assert TrainerState.from_dict(st.to_dict()) == st
+    assert TrainerState.from_dict({**TrainerState().to_dict(), "optimizer": {}, "rng": {}}).best is None
+
+
+def test_pretraining_uses_the_models_own_mask_ratio(tmp_path):
+    from maskspec_fast import Model, ModelConfig
+    from maskspec_fast.train.tasks import PretrainTask
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2, mask_ratio=0.5)
+    Model(cfg).save_pretrained(tmp_path / "m")
+    model = Model.from_pretrained(tmp_path / "m")
+    spec, noise = torch.randn(2, 128, 64), torch.rand(2, 1, model.config.num_patches)
+    task = PretrainTask(model)
+    got = task.loss(model, spec, None, noise=noise)
+    want = model(spec, mask_ratio=0.5, noise=noise[:, 0])[0]
+    other = model(spec, mask_ratio=0.75, noise=noise[:, 0])[0]
+    assert torch.equal(got, want) and not torch.equal(got, other)

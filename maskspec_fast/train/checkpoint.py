@@ -95,12 +95,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def best_checkpoint(out: Path) -> Path | None:
-    """``<out>/checkpoints/best`` if a complete one exists."""
-    p = Path(out) / "checkpoints" / "best"
-    return p if (p / COMPLETE).is_file() else None
-
-
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = Path(out) / "checkpoints"

@@ -11,6 +11,7 @@ import torch
 from ..backends import format_backends
 from ..config import ModelConfig
 from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
+from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
 
 EXAMPLES = """examples:
@@ -184,17 +185,24 @@ def _frames_for(dataset) -> int:
     return num_frames(int(round(dataset.clip_seconds * SAMPLE_RATE)))
 
 
-_DIST = DistInfo()
+class Console:
+    """Prints on rank 0 only (every rank runs the same code under torchrun) and writes rank 0's JSON files."""
 
+    def __init__(self, info: DistInfo):
+        self.info = info
 
-def say(*a, **k) -> None:
-    """print on rank 0 only (every rank runs the same code under torchrun)."""
-    if _DIST.is_main:
-        print(*a, **k)
+    def say(self, *a, **k) -> None:
+        if self.info.is_main:
+            print(*a, **k)
+
+    def write_json(self, path: Path, obj: dict) -> None:
+        if not self.info.is_main:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _DIST
     from .loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
@@ -205,17 +213,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = _device(args.device)
-    _DIST = init_distributed(device.type)
-    if _DIST.enabled and device.type == "cuda":
-        device = torch.device("cuda", _DIST.local_rank)  # one GPU per process
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)  # one GPU per process
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # kernels launch on the current device: make it the one asked for
     if args.precision == "auto":
         args.precision = "bf16" if device.type == "cuda" else "fp32"
-    dist_note = f", processes={_DIST.world_size} ({_DIST.backend})" if _DIST.enabled else ""
-    say(f"maskspec_fast {args.command}: device={device}, precision={args.precision}, fused={args.fused}{dist_note}")
+    con = Console(info)
+    dist_note = f", processes={info.world_size} ({info.backend})" if info.enabled else ""
+    con.say(f"maskspec_fast {args.command}: device={device}, precision={args.precision}, fused={args.fused}{dist_note}")
     if args.fused:
-        say(format_backends())
+        con.say(format_backends())
     try:
-        return _COMMANDS[args.command](args, device)
+        return _COMMANDS[args.command](args, device, con)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -231,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         cleanup()
 
 
-def _pretrain(args, device) -> int:
+def _predict_kw(args, con: Console, quiet: bool | None = None) -> dict:
+    return dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+                quiet=args.quiet if quiet is None else quiet, dist_info=con.info)
+
+
+def _pretrain(args, device, con: Console) -> int:
     from ..model import Model
     from .loop import train
     from .tasks import PretrainTask
@@ -246,21 +262,22 @@ def _pretrain(args, device) -> int:
     config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), **over})
     model = Model(config, fused=args.fused).to(device)
     args.out = args.out or "runs/pretrain"
-    say(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); "
-        f"model: {args.preset} {config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
+    con.say(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); model: {args.preset} "
+            f"{config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
     frontend = LogMel(fmin_jitter=0 if args.no_mel_jitter else 9, fmax_jitter=0 if args.no_mel_jitter else 1000)
-    result = train(PretrainTask(model, args.mask_ratio, args.masks_per_clip), ds, args, frontend.to(device), device,
-                   log=say, dist_info=_DIST)
+    result = train(PretrainTask(model, args.masks_per_clip), ds, TrainConfig.from_args(args), frontend.to(device),
+                   device, log=con.say, dist_info=con.info)
     first, last = _mean(result["losses"][:10]), _mean(result["losses"][-10:])
-    say(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
-        f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
-    _write_json(Path(args.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
-                {"loss_first10": first, "loss_last10": last})
+    con.say(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
+            f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
+    con.write_json(Path(args.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
+                   {"loss_first10": first, "loss_last10": last})
     return 0
 
 
-def _finetune(args, device) -> int:
+def _finetune(args, device, con: Console) -> int:
     from ..model import Classifier
+    from .evaluation import describe, evaluate, make_evaluator
     from .loop import train
     from .tasks import FinetuneTask
 
@@ -269,80 +286,54 @@ def _finetune(args, device) -> int:
     if args.init:
         clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
                                          drop_path_rate=args.drop_path, frames=frames // 16 * 16)
-        say(f"initialized the encoder from {args.init}")
+        con.say(f"initialized the encoder from {args.init}")
     else:
         config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
                                                           "drop_path_rate": args.drop_path})
         clf = Classifier(config, ds.num_classes, fused=args.fused)
-        say("encoder randomly initialized (no --init)")
+        con.say("encoder randomly initialized (no --init)")
     clf.patchout = args.patchout
     clf.to(device)
     args.out = args.out or "runs/finetune"
-    say(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
+    con.say(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
     if args.eval_every and not args.eval_data:
         raise ValueError("--eval-every needs --eval-data")
     task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay, freq_mask=args.freq_mask,
                         time_mask=args.time_mask, mixup_alpha=args.mixup)
-    evaluate = None
-    if args.eval_data and args.eval_every:
-        eval_ds = _dataset(args.eval_data, args, train=False)  # built once, reused at every evaluation
-
-        def evaluate(model):
-            metrics = _evaluate(model, args.eval_data, args, device, ds=eval_ds, quiet=True)
-            name = "mAP" if "mAP" in metrics else "accuracy"
-            return name, metrics[name], metrics
-
-    result = train(task, ds, args, LogMel().to(device), device, log=say, dist_info=_DIST, evaluate=evaluate)
-    say(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
+    eval_ds = _dataset(args.eval_data, args, train=False) if args.eval_data else None  # built once, reused
+    periodic = make_evaluator(eval_ds, device, **_predict_kw(args, con, quiet=True)) if args.eval_every else None
+    result = train(task, ds, TrainConfig.from_args(args), LogMel().to(device), device, log=con.say,
+                   dist_info=con.info, evaluate=periodic)
+    con.say(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
     if result.get("best"):
         b = result["best"]
-        say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (saved in {Path(args.out) / 'checkpoints' / 'best'})")
+        con.say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} "
+                f"(saved in {Path(args.out) / 'checkpoints' / 'best'})")
     summary = {k: v for k, v in result.items() if k != "losses"}
-    if args.eval_data:
-        summary["eval"] = _evaluate(clf, args.eval_data, args, device)
-    _write_json(Path(args.out) / "summary.json", summary)
+    if eval_ds is not None:
+        summary["eval"] = evaluate(clf, eval_ds, device, **_predict_kw(args, con))
+        con.say(describe(summary["eval"], args.eval_data))
+    con.write_json(Path(args.out) / "summary.json", summary)
     return 0
 
 
-def _eval(args, device) -> int:
+def _eval(args, device, con: Console) -> int:
     from ..model import Classifier
+    from .evaluation import describe, evaluate
 
     clf = Classifier.from_pretrained(args.checkpoint, fused=args.fused).to(device)
-    metrics = _evaluate(clf, args.data, args, device)
-    if args.out:
-        _write_json(Path(args.out) / "eval.json", metrics)
-    return 0
-
-
-def _evaluate(clf, spec: str, args, device, ds=None, quiet: bool = False) -> dict:
-    """Accuracy (or mAP for multi-label sets) of ``clf`` on ``spec``; every process takes part under torchrun."""
-    from .loop import predict
-    from .metrics import accuracy, mean_average_precision
-
-    ds = ds if ds is not None else _dataset(spec, args, train=False)
+    ds = _dataset(args.data, args, train=False)
     if ds.num_classes != clf.num_classes:
-        raise ValueError(f"{spec}: {ds.num_classes} classes, the classifier has {clf.num_classes}")
-    logits, labels = predict(clf, ds, args, LogMel().to(device), device, dist_info=_DIST)
-    out = (lambda *a, **k: None) if quiet else say
-    if ds.multilabel:
-        result = {"mAP": mean_average_precision(torch.sigmoid(logits), labels), "clips": len(ds)}
-        out(f"eval on {spec}: mAP = {result['mAP']:.4f} over {len(ds)} clips")
-    else:
-        result = {"accuracy": accuracy(logits, labels), "clips": len(ds), "chance": 1.0 / ds.num_classes}
-        out(f"eval on {spec}: accuracy = {result['accuracy']:.4f} over {len(ds)} clips "
-            f"(chance {result['chance']:.4f})")
-    return result
+        raise ValueError(f"{args.data}: {ds.num_classes} classes, the classifier has {clf.num_classes}")
+    metrics = evaluate(clf, ds, device, **_predict_kw(args, con))
+    con.say(describe(metrics, args.data))
+    if args.out:
+        con.write_json(Path(args.out) / "eval.json", metrics)
+    return 0
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    if not _DIST.is_main:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str))
 
 
 _COMMANDS = {"pretrain": _pretrain, "finetune": _finetune, "eval": _eval}

@@ -88,15 +88,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_scalar(value: float, device: torch.device) -> float:
-    """Mean of a Python float over ranks (NaN/Inf on any rank propagates to all, so all ranks agree to skip)."""
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
-
-
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` with one process."""
     if not active():
@@ -146,6 +137,5 @@ __all__ = [
     "env_world_size",
     "init_distributed",
     "local_rows",
-    "mean_scalar",
     "wrap_ddp",
 ]

@@ -150,6 +150,32 @@ class DaliInput:
         return new
 
 
+def make_input(task_name: str, dataset, config, frontend: LogMel, device: torch.device, info, local_batch: int,
+               batches_per_epoch: int, log) -> TorchInput | DaliInput:
+    """The input pipeline ``config.frontend`` asks for (see :func:`choose_frontend`), reported through ``log``.
+
+    ``config``: a :class:`~maskspec_fast.train.config.TrainConfig`; ``info``: this process's ``DistInfo``.
+    """
+    name, why = choose_frontend(config.frontend, dataset)
+    log(f"front end: {name} ({why})")
+    weights = None
+    if config.balanced_sampling:
+        if not hasattr(dataset, "sample_weights"):
+            raise ValueError(f"--balanced-sampling: {type(dataset).__name__} has no sample_weights()")
+        if name == "dali":
+            raise ValueError("--balanced-sampling is supported with --frontend torch only (DALI reads each "
+                             "file once per epoch in its own order)")
+        weights = dataset.sample_weights()
+    if name == "dali":
+        jitter = task_name == "pretrain"
+        return DaliInput(dataset, local_batch, batches_per_epoch, seed=config.seed, rank=info.rank,
+                         world_size=info.world_size, device=device, skip_bad_files=config.skip_bad_files,
+                         workers=config.workers, fmin_jitter=frontend.fmin_jitter if jitter else 0.0,
+                         fmax_jitter=frontend.fmax_jitter if jitter else 0.0)
+    return TorchInput(dataset, frontend, local_batch, batches_per_epoch, workers=config.workers, seed=config.seed,
+                      rank=info.rank, world_size=info.world_size, device=device, weights=weights)
+
+
 def choose_frontend(requested: str, dataset) -> tuple[str, str]:
     """``(name, reason)`` for ``--frontend torch|dali|auto``: auto takes DALI when it imports and the data set is
     file-based (``dataset.items``), else torch. ``dali`` raises ValueError (with the reason) when it cannot run."""
@@ -175,4 +201,4 @@ def choose_frontend(requested: str, dataset) -> tuple[str, str]:
     return "dali", f"auto: {why} and a file-based data set"
 
 
-__all__ = ["DaliInput", "TorchInput", "choose_frontend", "make_loader", "to_spec"]
+__all__ = ["DaliInput", "TorchInput", "choose_frontend", "make_input", "make_loader", "to_spec"]

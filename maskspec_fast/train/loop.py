@@ -1,7 +1,7 @@
-"""The training loop shared by pre-training and fine-tuning: data -> log-mel on the device -> step, with
-warm-up + cosine lr, gradient accumulation, bf16/fp16 autocast (fp16 with a GradScaler), gradient clipping,
-multi-process DDP (see :mod:`maskspec_fast.train.distributed`), checkpoints that resume exactly, the best
-checkpoint by an evaluation metric, a progress bar, a CSV log and optional TensorBoard.
+"""The trainer shared by pre-training and fine-tuning: data -> log-mel on the device -> step, with warm-up +
+cosine lr, gradient accumulation, bf16/fp16 autocast (fp16 with a GradScaler), gradient clipping, multi-process
+DDP (see :mod:`maskspec_fast.train.distributed`), checkpoints that resume exactly, the best checkpoint by an
+evaluation metric, a progress bar, a CSV log and optional TensorBoard.
 
 Randomness of a step is keyed by ``(seed, step)`` (why: a resumed run, a run with more processes and a run with
 more DataLoader workers then draw the same numbers as the uninterrupted one-process run):
@@ -13,107 +13,30 @@ more DataLoader workers then draw the same numbers as the uninterrupted one-proc
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..frontend.logmel import LogMel
-from .checkpoint import (
-    latest_checkpoint,
-    load_trainer_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json_atomic,
-)
-from .distributed import DistInfo, all_gather_objects, barrier, broadcast_object, local_rows, wrap_ddp
-from .inputs import DaliInput, TorchInput, make_loader, to_spec  # noqa: F401  (make_loader/to_spec re-exported)
-from .sampler import ResumableSampler
-from .schedule import make_adamw, scaled_lr, set_lr, warmup_cosine
+from .checkpoint import latest_checkpoint, write_json_atomic
+from .config import TrainConfig
+from .distributed import DistInfo, active, barrier, broadcast_object, local_rows, wrap_ddp
+from .evaluation import Evaluator, autocast
+from .inputs import make_input
+from .logs import EVAL_FIELDS, LOG_FIELDS, CsvLog, TensorBoard, append_bad_files
+from .schedule import make_adamw, set_lr, warmup_cosine
+from .state import TrainerState, restore_training, save_training
+from .tasks import Task
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "elapsed_s",
-              "skipped_bad", "nonfinite", "loss_scale"]
-
-
-class CsvLog:
-    """Append-only CSV with a fixed header (rows of a resumed run continue the same file).
-
-    An existing file keeps its own header (a run started by an older version keeps its columns); ``keep_until``
-    drops rows past a step first (a run resumed from step s re-does the steps after s, so their old rows go).
-    """
-
-    def __init__(self, path: Path, fields: list[str], keep_until: int | None = None):
-        self.path = path
-        if path.exists():
-            with path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                old_fields, rows = list(reader.fieldnames or []), list(reader)
-            if old_fields:
-                fields = old_fields
-                if keep_until is not None and any(_int(r.get("step")) > keep_until for r in rows):
-                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                    with tmp.open("w", newline="") as fh:
-                        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-                        w.writeheader()
-                        w.writerows(r for r in rows if _int(r.get("step")) <= keep_until)
-                    os.replace(tmp, path)
-        self.fields = fields
-        new = not path.exists() or path.stat().st_size == 0
-        self.fh = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=fields, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow(row)
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def _int(x: Any) -> int:
-    try:
-        return int(x)
-    except (TypeError, ValueError):
-        return -1
-
-
-class TensorBoard:
-    """Optional TensorBoard scalars (``--tensorboard``); a no-op when disabled."""
-
-    def __init__(self, out: Path, enabled: bool):
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError(f"--tensorboard needs the tensorboard package: pip install tensorboard ({e})") from e
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -126,236 +49,273 @@ def _quiet(*_a, **_k) -> None:
     pass
 
 
+class Trainer:
+    """One run of ``config.steps`` optimizer steps of ``task`` on ``dataset``.
+
+    ``config.batch_size`` is the GLOBAL batch (all ranks, all accumulation micro-batches of one optimizer step);
+    each rank loads ``batch_size / world_size`` clips and runs them as ``accum_steps`` micro-batches.
+    ``evaluate(model) -> (metric name, value (higher is better), details)`` runs every ``config.eval_every``
+    steps and at the end when given; the best value's model is kept in ``checkpoints/best`` and described in
+    ``best.json``. Only rank 0 writes files and logs.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        dataset,
+        config: TrainConfig,
+        frontend: LogMel,
+        device: torch.device,
+        log: Callable[..., None] = print,
+        dist_info: DistInfo | None = None,
+        evaluate: Evaluator | None = None,
+    ):
+        self.task, self.dataset, self.config, self.frontend, self.device = task, dataset, config, frontend, device
+        self.info = info = dist_info or DistInfo()
+        self.log = log if info.is_main else _quiet
+        self.evaluate = evaluate
+        self.out = Path(config.out)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self.global_batch = gb = config.batch_size
+        if gb % (info.world_size * config.accum_steps):
+            raise ValueError(f"--batch-size {gb} is the global batch; it must be divisible by "
+                             f"processes x --accum-steps = {info.world_size} x {config.accum_steps}")
+        self.batches_per_epoch = len(dataset) // gb
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"dataset has {len(dataset)} clips, fewer than one batch of {gb}")
+        self.model = task.model
+        self.peak_lr = config.peak_lr()
+        self.optimizer = make_adamw(task.groups(config.weight_decay), lr=self.peak_lr, betas=(0.9, 0.95))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.input = make_input(task.name, dataset, config, frontend, device, info, gb // info.world_size,
+                                self.batches_per_epoch, self.log)
+        self.state = TrainerState(global_batch=gb, frontend=self.input.name, world_size=info.world_size)
+        self._resume()
+        self.net = wrap_ddp(self.model, info, device)
+        self.rows = local_rows(gb, info.rank, info.world_size)
+        self.losses: list[float] = []
+
+    # --- resume and save ------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        path = broadcast_object(_find_resume(self.config.resume, self.out))  # every rank: rank 0's choice
+        if path is None:
+            return
+        st = restore_training(path, self.model, self.optimizer, self.scaler, self.info, self.device)
+        if st.global_batch and st.global_batch != self.global_batch:  # keep the position in samples
+            st.batch_in_epoch = st.batch_in_epoch * st.global_batch // self.global_batch
+            self.log(f"warning: resuming with global batch {self.global_batch} instead of {st.global_batch}; "
+                     "epoch position rounded")
+        if st.frontend != self.input.name:
+            self.log(f"warning: the checkpoint was made with --frontend {st.frontend}, resuming with "
+                     f"{self.input.name}: the data order from here differs from an uninterrupted run")
+        st.global_batch, st.frontend, st.world_size = self.global_batch, self.input.name, self.info.world_size
+        self.state = st
+        self.log(f"resumed from {path} at step {st.step} (epoch {st.epoch}, batch {st.batch_in_epoch})")
+
+    def save(self, name: str | None = None) -> None:
+        save_training(self.out, self.state, self.model, self.optimizer, self.scaler, self.info, self.config.keep,
+                      name=name)
+
+    # --- one step -------------------------------------------------------------------------------------------------
+    def _forward_backward(self, spec: torch.Tensor, labels: torch.Tensor, extras: dict) -> float:
+        """Forward/backward over ``accum_steps`` equal micro-batches of this rank's batch; the mean loss.
+
+        Under DDP the gradient all-reduce runs only with the last micro-batch (``no_sync`` before it).
+        """
+        accum = self.config.accum_steps
+        sync_later = getattr(self.net, "no_sync", None)
+        n = spec.shape[0]
+        if n % accum:
+            raise ValueError(f"local batch {n} is not divisible by --accum-steps {accum}")
+        m = n // accum
+        total = torch.zeros((), device=spec.device, dtype=torch.float32)
+        for k in range(accum):
+            sl = slice(k * m, (k + 1) * m)
+            ctx = sync_later() if sync_later is not None and k < accum - 1 else contextlib.nullcontext()
+            with ctx:
+                with autocast(self.device, self.config.precision):
+                    loss = self.task.loss(self.net, spec[sl], labels[sl], **{key: v[sl] for key, v in extras.items()})
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
+            total = total + loss.detach().float() / accum
+        return float(total)  # one device sync per step
+
+    def _skip_nonfinite(self, loss: float) -> None:
+        st = self.state
+        st.nonfinite += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.config.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss}) at step {st.step}; last good checkpoint: "
+                f"{latest_checkpoint(self.out) or 'none'} (resume from it with --resume auto; use --skip-nonfinite "
+                "to skip such steps)"
+            )
+        st.advance_batch()
+        self.log(f"warning: non-finite loss at step {st.step} skipped ({st.nonfinite} so far)")
+
+    def _step(self, batch: dict[str, Any]) -> tuple[float, float, float] | None:
+        """One optimizer step on ``batch``: ``(loss, lr, grad_norm)``, or None when a non-finite loss was skipped."""
+        cfg, st = self.config, self.state
+        bad = self.input.replaced(batch)
+        if bad:
+            append_bad_files(self.out / "bad_files.csv", st.step, bad)
+            for p, problem in bad:
+                tqdm.write(f"[rank {self.info.rank}] skipped bad file {p}: {problem} (replaced by another clip)")
+        lr = warmup_cosine(st.step, cfg.steps, cfg.warmup_steps, self.peak_lr, cfg.min_lr)
+        set_lr(self.optimizer, lr)
+        torch.manual_seed(step_seed(cfg.seed, st.step, 0))  # front-end randomness: identical on every rank
+        spec = self.input.spec(batch)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, st.step, 1))
+        extras = self.task.draw(gen, self.global_batch, self.rows, spec)
+        torch.manual_seed(step_seed(cfg.seed, st.step, 2 + self.info.rank))  # model randomness: per rank
+        if self.picture_spec is None and self.picture_every:
+            self.picture_spec = spec[:4].detach().clone()  # a fixed batch to watch the reconstructions improve
+        local_loss = self._forward_backward(spec, labels, extras)
+        # one all-reduce for the loss and the bad-file count; a NaN on any rank reaches all ranks
+        loss, bad_total = _reduce_pair(local_loss, len(bad), self.device)
+        st.skipped_bad += int(round(bad_total))
+        if not math.isfinite(loss):
+            self._skip_nonfinite(loss)
+            return None
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad or float("inf"))
+        self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.advance_batch()
+        self.losses.append(loss)
+        return loss, lr, float(grad_norm)
+
+    # --- what happens between steps -------------------------------------------------------------------------------
+    def _log_row(self, loss: float, lr: float, grad_norm: float) -> None:
+        st, now = self.state, time.time()
+        sps = (st.step - self._last_step) * self.global_batch / max(now - self._last_t, 1e-9)
+        self._last_t, self._last_step = now, st.step
+        clip_s = getattr(self.dataset, "clip_seconds", float("nan"))
+        self.csv_log.write(dict(
+            step=st.step, epoch=st.epoch, loss=f"{loss:.6f}", lr=f"{lr:.3e}", grad_norm=f"{grad_norm:.4f}",
+            samples_per_s=f"{sps:.2f}", audio_s_per_s=f"{sps * clip_s:.1f}", elapsed_s=f"{now - self._t0:.1f}",
+            skipped_bad=st.skipped_bad, nonfinite=st.nonfinite,
+            loss_scale=f"{self.scaler.get_scale():.0f}" if self.scaler.is_enabled() else ""))
+        self.tb.scalars(st.step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                  "train/samples_per_s": sps, "train/nonfinite": st.nonfinite})
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+
+    def _run_eval(self) -> None:
+        st = self.state
+        name, value, _ = self.evaluate(self.model)
+        improved = value == value and (st.best is None or value > st.best["value"])
+        if improved:
+            st.best = {"metric": name, "value": value, "step": st.step}
+        if self.info.is_main:
+            self.eval_log.write({"step": st.step, "metric": name, "value": f"{value:.6f}", "best": int(improved)})
+            self.tb.scalars(st.step, {f"eval/{name}": value})
+            self.log(f"step {st.step}: eval {name} = {value:.4f}" + (" (best so far)" if improved else ""))
+        if improved:
+            self.save(name="best")
+            if self.info.is_main:
+                write_json_atomic(self.out / "best.json", {**st.best, "checkpoint": str(self.out / "checkpoints" / "best")})
+
+    def _after_step(self, result: tuple[float, float, float]) -> None:
+        cfg, step, main = self.config, self.state.step, self.info.is_main
+        last = step == cfg.steps
+        if main and (step % cfg.log_every == 0 or last):
+            self._log_row(*result)
+        self.bar.update(1)
+        if main and self.picture_every and (step % self.picture_every == 0 or last):
+            self.task.picture(self.picture_spec, self.out / "pictures" / f"reconstruction_step_{step:08d}.png",
+                              f"step {step}")
+        if self.eval_every and (step % self.eval_every == 0 or last):
+            self._run_eval()
+        if cfg.save_every and step % cfg.save_every == 0 and not last:
+            self.save()
+
+    # --- the run --------------------------------------------------------------------------------------------------
+    def _open_outputs(self) -> None:
+        cfg, main = self.config, self.info.is_main
+        self.csv_log = self.eval_log = None
+        self.tb = TensorBoard(self.out, cfg.tensorboard and main)
+        if main:
+            # a resumed run (or --resume auto that found nothing) redoes the steps after `step`: their old rows go
+            keep_until = self.state.step if cfg.resume else None
+            self.csv_log = CsvLog(self.out / "log.csv", LOG_FIELDS, keep_until=keep_until)
+            if self.evaluate is not None:
+                self.eval_log = CsvLog(self.out / "eval.csv", EVAL_FIELDS, keep_until=keep_until)
+        self.picture_every = cfg.picture_every if self.task.pictures else 0
+        self.eval_every = cfg.eval_every if self.evaluate is not None else 0
+        self.picture_spec = None
+        self.bar = tqdm(total=cfg.steps, initial=self.state.step, desc=self.task.name, unit="step",
+                        dynamic_ncols=True, disable=cfg.quiet or not main)
+        self._t0 = self._last_t = time.time()
+        self._last_step = self.state.step
+
+    def _close_outputs(self) -> None:
+        self.bar.close()
+        if not self.info.is_main:
+            return
+        self.csv_log.close()
+        if self.eval_log is not None:
+            self.eval_log.close()
+        self.tb.close()
+        try:
+            from ..viz import save_curves
+
+            save_curves(self.out / "log.csv", self.out / "curves.png")
+        except (ImportError, ValueError, OSError, KeyError) as e:  # pictures are a convenience, never a failure
+            self.log(f"note: training curves not drawn ({e})")
+
+    def run(self) -> dict:
+        """Train to ``config.steps``; returns a summary dict (on every rank)."""
+        cfg, st = self.config, self.state
+        self._open_outputs()
+        self.model.train()
+        self.frontend.train(self.task.name == "pretrain")
+        while st.step < cfg.steps:
+            for batch in self.input.epoch(st.epoch, st.batch_in_epoch):
+                result = self._step(batch)
+                if result is not None:
+                    self._after_step(result)
+                if st.step >= cfg.steps:
+                    break
+            else:
+                st.next_epoch()
+        self._close_outputs()
+        self.save()
+        final = self.out / "final"
+        if self.info.is_main:
+            self.model.save_pretrained(final)
+        barrier()
+        if st.skipped_bad:
+            self.log(f"warning: {st.skipped_bad} bad audio file(s) were replaced during training (listed in "
+                     f"{self.out / 'bad_files.csv'})")
+        if st.nonfinite:
+            self.log(f"warning: {st.nonfinite} step(s) with a non-finite loss were skipped (column 'nonfinite' of "
+                     "log.csv)")
+        return {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
+                "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
+                "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best}
+
+
 def train(
-    task,
+    task: Task,
     dataset,
-    args: argparse.Namespace,
+    config: TrainConfig,
     frontend: LogMel,
     device: torch.device,
     log: Callable[..., None] = print,
     dist_info: DistInfo | None = None,
-    evaluate: Callable[[torch.nn.Module], tuple[str, float, dict]] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> dict:
-    """Run ``args.steps`` optimizer steps of ``task`` on ``dataset``; returns a summary dict (on every rank).
-
-    ``args.batch_size`` is the GLOBAL batch (all ranks, all accumulation micro-batches of one optimizer step);
-    each rank loads ``batch_size / world_size`` clips and runs them as ``accum_steps`` micro-batches.
-    ``task.picture(spec, path)`` (if the task has one) is called every ``args.picture_every`` steps on a fixed
-    batch, and training curves are drawn from the CSV log at the end. ``evaluate(model) -> (metric name, value
-    (higher is better), details)`` runs every ``args.eval_every`` steps and at the end when given; the best value's
-    model is kept in ``checkpoints/best`` and described in ``best.json``. Only rank 0 writes files and logs.
-    """
-    info = dist_info or DistInfo()
-    main = info.is_main
-    if not main:
-        log = _quiet
-    out = Path(args.out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
-    model = task.model
-    accum = max(1, int(getattr(args, "accum_steps", 1)))
-    global_batch = int(args.batch_size)
-    if global_batch % (info.world_size * accum):
-        raise ValueError(f"--batch-size {global_batch} is the global batch; it must be divisible by "
-                         f"processes x --accum-steps = {info.world_size} x {accum}")
-    local_batch = global_batch // info.world_size
-    peak_lr = args.lr if args.lr is not None else scaled_lr(args.blr, global_batch)
-    optimizer = make_adamw(task.groups(args.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
-    precision = getattr(args, "precision", "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    batches_per_epoch = len(dataset) // global_batch
-    if batches_per_epoch == 0:
-        raise ValueError(f"dataset has {len(dataset)} clips, fewer than one batch of {global_batch}")
-    inp = _make_input(task, dataset, args, frontend, device, info, local_batch, batches_per_epoch, log)
-    step, epoch, batch_in_epoch, skipped_bad, nonfinite = 0, 0, 0, 0, 0
-    best: dict[str, Any] | None = None
-
-    resume = broadcast_object(_find_resume(getattr(args, "resume", None), out))  # every rank: rank 0's choice
-    if resume is not None:
-        state = load_trainer_state(resume)
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(resume / "model.safetensors"), device=str(device)), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        skipped_bad, nonfinite = state.get("skipped_bad", 0), state.get("nonfinite", 0)
-        best = state.get("best") or None
-        old_batch = int(state.get("global_batch", global_batch))
-        if old_batch != global_batch:  # keep the position in samples; a partial batch is re-drawn
-            batch_in_epoch = batch_in_epoch * old_batch // global_batch
-            log(f"warning: resuming with global batch {global_batch} instead of {old_batch}; epoch position rounded")
-        ranks = state.get("rng_ranks")
-        set_rng_state(ranks[info.rank] if ranks and len(ranks) == info.world_size else state["rng"])
-        if state.get("frontend", "torch") != inp.name:
-            log(f"warning: the checkpoint was made with --frontend {state.get('frontend', 'torch')}, resuming with "
-                f"{inp.name}: the data order from here differs from an uninterrupted run")
-        log(f"resumed from {resume} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
-
-    net = wrap_ddp(model, info, device)
-    task.net = net
-    csv_log = eval_log = tb = None
-    if main:
-        # a resumed run (or --resume auto that found nothing) redoes the steps after `step`: their old rows go
-        keep_until = step if getattr(args, "resume", None) else None
-        csv_log = CsvLog(out / "log.csv", LOG_FIELDS, keep_until=keep_until)
-        if evaluate is not None:
-            eval_log = CsvLog(out / "eval.csv", ["step", "metric", "value", "best"], keep_until=keep_until)
-        tb = TensorBoard(out, getattr(args, "tensorboard", False))
-    picture_every = getattr(args, "picture_every", 0) if hasattr(task, "picture") else 0
-    eval_every = int(getattr(args, "eval_every", 0) or 0) if evaluate is not None else 0
-    picture_spec = None
-    clip_s = getattr(dataset, "clip_seconds", float("nan"))
-    bar = tqdm(total=args.steps, initial=step, desc=task.name, unit="step", dynamic_ncols=True,
-               disable=args.quiet or not main)
-    t0, last_t, last_step = time.time(), time.time(), step
-    losses: list[float] = []
-    rows = local_rows(global_batch, info.rank, info.world_size)
-    model.train()
-    frontend.train(task.name == "pretrain")
-
-    def save() -> None:
-        _save(out, step, model, optimizer, scaler, epoch, batch_in_epoch, skipped_bad, nonfinite, best, args,
-              inp.name, info, global_batch)
-
-    def run_eval() -> None:
-        nonlocal best
-        name, value, _ = evaluate(model)
-        improved = value == value and (best is None or value > best["value"])
-        if improved:
-            best = {"metric": name, "value": value, "step": step}
-        if main:
-            eval_log.write({"step": step, "metric": name, "value": f"{value:.6f}", "best": int(improved)})
-            tb.scalars(step, {f"eval/{name}": value})
-            log(f"step {step}: eval {name} = {value:.4f}" + (" (best so far)" if improved else ""))
-        if improved:
-            _save(out, step, model, optimizer, scaler, epoch, batch_in_epoch, skipped_bad, nonfinite, best, args,
-                  inp.name, info, global_batch, name="best")
-            if main:
-                write_json_atomic(out / "best.json", {**best, "checkpoint": str(out / "checkpoints" / "best")})
-
-    while step < args.steps:
-        for batch in inp.epoch(epoch, batch_in_epoch):
-            bad = inp.replaced(batch)
-            if bad:
-                with (out / "bad_files.csv").open("a") as fh:
-                    fh.writelines(f"{step},{p},{problem}\n" for p, problem in bad)
-                for p, problem in bad:
-                    tqdm.write(f"[rank {info.rank}] skipped bad file {p}: {problem} (replaced by another clip)")
-            lr = warmup_cosine(step, args.steps, args.warmup_steps, peak_lr, args.min_lr)
-            set_lr(optimizer, lr)
-            torch.manual_seed(step_seed(args.seed, step, 0))  # front-end randomness: identical on every rank
-            spec = inp.spec(batch)
-            labels = batch["label"].to(device, non_blocking=True)
-            gen = torch.Generator().manual_seed(step_seed(args.seed, step, 1))
-            extras = task.draw(gen, global_batch, rows, spec) if hasattr(task, "draw") else {}
-            torch.manual_seed(step_seed(args.seed, step, 2 + info.rank))  # model randomness: per rank
-            if picture_every and picture_spec is None:
-                picture_spec = spec[:4].detach().clone()  # a fixed batch to watch the reconstructions improve
-            local_loss = _accumulated_step(task, spec, labels, extras, accum, device, precision, scaler)
-            # one all-reduce for the loss and the bad-file count; a NaN on any rank reaches all ranks
-            loss, bad_total = _reduce_pair(local_loss, len(bad), device)
-            skipped_bad += int(round(bad_total))
-            if not math.isfinite(loss):
-                nonfinite += 1
-                optimizer.zero_grad(set_to_none=True)
-                if not args.skip_nonfinite:
-                    last = latest_checkpoint(out)
-                    raise NonFiniteLoss(
-                        f"non-finite loss ({loss}) at step {step}; last good checkpoint: {last or 'none'} "
-                        "(resume from it with --resume auto; use --skip-nonfinite to skip such steps)"
-                    )
-                batch_in_epoch += 1
-                log(f"warning: non-finite loss at step {step} skipped ({nonfinite} so far)")
-                continue
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or float("inf"))
-            scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            batch_in_epoch += 1
-            losses.append(loss)
-            if main and (step % args.log_every == 0 or step == args.steps):
-                now = time.time()
-                sps = (step - last_step) * global_batch / max(now - last_t, 1e-9)
-                last_t, last_step = now, step
-                gn = float(grad_norm)
-                row = dict(step=step, epoch=epoch, loss=f"{loss:.6f}", lr=f"{lr:.3e}", grad_norm=f"{gn:.4f}",
-                           samples_per_s=f"{sps:.2f}", audio_s_per_s=f"{sps * clip_s:.1f}",
-                           elapsed_s=f"{now - t0:.1f}", skipped_bad=skipped_bad, nonfinite=nonfinite,
-                           loss_scale=f"{scaler.get_scale():.0f}" if scaler.is_enabled() else "")
-                csv_log.write(row)
-                tb.scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": gn,
-                                  "train/samples_per_s": sps, "train/nonfinite": nonfinite})
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
-            bar.update(1)
-            if main and picture_every and (step % picture_every == 0 or step == args.steps):
-                task.picture(picture_spec, out / "pictures" / f"reconstruction_step_{step:08d}.png", f"step {step}")
-            if eval_every and (step % eval_every == 0 or step == args.steps):
-                run_eval()
-            if args.save_every and step % args.save_every == 0 and step < args.steps:
-                save()
-            if step >= args.steps:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-            continue
-        break
-    bar.close()
-    if main:
-        csv_log.close()
-        if eval_log is not None:
-            eval_log.close()
-        tb.close()
-        try:
-            from ..viz import save_curves
-
-            save_curves(out / "log.csv", out / "curves.png")
-        except (ImportError, ValueError, OSError, KeyError) as e:  # pictures are a convenience, never a failure
-            log(f"note: training curves not drawn ({e})")
-    save()
-    final = out / "final"
-    if main:
-        model.save_pretrained(final)
-    barrier()
-    if skipped_bad:
-        log(f"warning: {skipped_bad} bad audio file(s) were replaced during training (listed in {out / 'bad_files.csv'})")
-    if nonfinite:
-        log(f"warning: {nonfinite} step(s) with a non-finite loss were skipped (column 'nonfinite' of log.csv)")
-    return {"steps": step, "final": str(final), "losses": losses, "skipped_bad": skipped_bad, "nonfinite": nonfinite,
-            "seconds": time.time() - t0, "world_size": info.world_size, "global_batch": global_batch,
-            "frontend": inp.name, "best": best}
-
-
-def _make_input(task, dataset, args, frontend, device, info, local_batch, batches_per_epoch, log):
-    from .inputs import choose_frontend
-
-    name, why = choose_frontend(getattr(args, "frontend", "torch") or "torch", dataset)
-    log(f"front end: {name} ({why})")
-    weights = None
-    if getattr(args, "balanced_sampling", False):
-        if not hasattr(dataset, "sample_weights"):
-            raise ValueError(f"--balanced-sampling: {type(dataset).__name__} has no sample_weights()")
-        if name == "dali":
-            raise ValueError("--balanced-sampling is supported with --frontend torch only (DALI reads each "
-                             "file once per epoch in its own order)")
-        weights = dataset.sample_weights()
-    if name == "dali":
-        jitter = task.name == "pretrain"
-        return DaliInput(dataset, local_batch, batches_per_epoch, seed=args.seed, rank=info.rank,
-                         world_size=info.world_size, device=device, skip_bad_files=args.skip_bad_files,
-                         workers=args.workers, fmin_jitter=frontend.fmin_jitter if jitter else 0.0,
-                         fmax_jitter=frontend.fmax_jitter if jitter else 0.0)
-    return TorchInput(dataset, frontend, local_batch, batches_per_epoch, workers=args.workers, seed=args.seed,
-                      rank=info.rank, world_size=info.world_size, device=device, weights=weights)
+    """Run ``config.steps`` optimizer steps of ``task`` on ``dataset`` (see :class:`Trainer`); the summary dict."""
+    return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate).run()
 
 
 def _reduce_pair(a: float, b: float, device: torch.device) -> tuple[float, float]:
-    from .distributed import active
-
+    """Mean of ``a`` and sum of ``b`` over ranks (one all-reduce; identity with one process)."""
     if not active():
         return a, b
     import torch.distributed as dist
@@ -363,51 +323,6 @@ def _reduce_pair(a: float, b: float, device: torch.device) -> tuple[float, float
     t = torch.tensor([a, b], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t[0]) / dist.get_world_size(), float(t[1])
-
-
-def _accumulated_step(task, spec, labels, extras: dict, accum: int, device: torch.device, precision: str,
-                      scaler: torch.amp.GradScaler | None = None) -> float:
-    """Forward/backward over ``accum`` equal micro-batches of this rank's batch; returns the mean loss.
-
-    Under DDP the gradient all-reduce runs only with the last micro-batch (``no_sync`` before it).
-    """
-    net = getattr(task, "net", task.model)
-    sync_later = getattr(net, "no_sync", None)
-    n = spec.shape[0]
-    if n % accum:
-        raise ValueError(f"local batch {n} is not divisible by --accum-steps {accum}")
-    m = n // accum
-    total = torch.zeros((), device=spec.device, dtype=torch.float32)
-    for k in range(accum):
-        sl = slice(k * m, (k + 1) * m)
-        ctx = sync_later() if sync_later is not None and k < accum - 1 else contextlib.nullcontext()
-        with ctx:
-            with _autocast(device, precision):
-                loss = task.loss(spec[sl], labels[sl], **{key: v[sl] for key, v in extras.items()})
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total = total + loss.detach().float() / accum
-    return float(total)  # one device sync per step
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _save(out, step, model, optimizer, scaler, epoch, batch_in_epoch, skipped_bad, nonfinite, best, args,
-          frontend_name, info: DistInfo, global_batch, name: str | None = None):
-    """Collective: every rank's RNG state is gathered, rank 0 writes, all wait (barrier) until it is on disk."""
-    rngs = all_gather_objects(rng_state())
-    if info.is_main:
-        state = {"optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                 "skipped_bad": skipped_bad, "nonfinite": nonfinite, "rng": rngs[0], "rng_ranks": rngs,
-                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "best": best or {},
-                 "world_size": info.world_size, "global_batch": global_batch, "frontend": frontend_name}
-        save_checkpoint(out, step, model, state, keep=args.keep, name=name)
-    barrier()
 
 
 def _find_resume(resume: str | None, out: Path) -> Path | None:
@@ -421,39 +336,4 @@ def _find_resume(resume: str | None, out: Path) -> Path | None:
     return p
 
 
-@torch.no_grad()
-def predict(model, dataset, args, frontend: LogMel, device: torch.device,
-            dist_info: DistInfo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over a whole dataset, in dataset order (nothing dropped).
-
-    Multi-process: each rank predicts every w-th clip and the results are gathered (the padding that evens the
-    ranks out is dropped), so every rank returns the same full tensors.
-    """
-    from ..data import collate
-
-    info = dist_info or DistInfo()
-    was_training, fe_training = model.training, frontend.training
-    model.eval()
-    frontend.eval()
-    sampler = ResumableSampler(len(dataset), shuffle=False, rank=info.rank, world_size=info.world_size)
-    batch = max(1, args.batch_size // info.world_size)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=args.workers,
-                        collate_fn=collate, drop_last=False)
-    outs, labels = [], []
-    for b in tqdm(loader, desc="eval", unit="batch", disable=args.quiet or not info.is_main, dynamic_ncols=True):
-        spec = to_spec(frontend, b["wave"], device)
-        with _autocast(device, args.precision):
-            outs.append(model(spec).float().cpu())
-        labels.append(b["label"])
-    model.train(was_training)
-    frontend.train(fe_training)
-    # positions from the sampler, not b["index"]: a replaced bad file reports its replacement's index
-    logits, labels_t, index_t = torch.cat(outs), torch.cat(labels), torch.tensor(sampler.indices(), dtype=torch.long)
-    if info.world_size > 1:
-        parts = all_gather_objects((logits, labels_t, index_t))
-        logits = torch.cat([p[0] for p in parts])
-        labels_t = torch.cat([p[1] for p in parts])
-        index_t = torch.cat([p[2] for p in parts])
-    order = torch.full((len(dataset),), -1, dtype=torch.long)
-    order[index_t] = torch.arange(len(index_t))  # a padded duplicate overwrites its own equal copy
-    return logits[order], labels_t[order]
+__all__ = ["NonFiniteLoss", "Trainer", "step_seed", "train"]

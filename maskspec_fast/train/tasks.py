@@ -1,16 +1,12 @@
 """What differs between pre-training and fine-tuning: the model, its loss, its param groups, and the per-sample
 randomness each draws for a step.
 
-Protocol used by :func:`maskspec_fast.train.loop.train`:
-
-* ``task.model``: the bare module (saved, pictured, grouped); ``task.net``: what the forward runs through
-  (the same module, or its ``DistributedDataParallel`` wrapper under torchrun).
-* ``task.draw(gen, global_batch, rows, spec) -> dict[str, Tensor]``: per-sample random inputs for the rows of the
-  global batch that this rank holds (leading dim = local batch), drawn from ``gen`` (seeded by ``(seed, step)``).
-  Drawing for the global batch and keeping rows is what makes ranks x local batch == one process x global batch.
-* ``task.loss(spec, labels, **extras)``: the mean loss of one micro-batch (extras sliced like ``spec``).
+:class:`Task` is the protocol the trainer (:mod:`maskspec_fast.train.loop`) runs.
 """
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -29,14 +25,45 @@ from .augment import (
 from .schedule import param_groups
 
 
+class Task(Protocol):
+    """What the trainer needs of a task.
+
+    * ``name``: ``"pretrain"`` or ``"finetune"`` (progress bar; the front end jitters mel bands in pre-training).
+    * ``model``: the bare module (saved, pictured, grouped into the optimizer).
+    * ``draw(gen, global_batch, rows, spec) -> dict[str, Tensor]``: per-sample random inputs for the rows of the
+      global batch that this rank holds (leading dim = local batch), drawn from ``gen`` (seeded by ``(seed,
+      step)``). Drawing for the global batch and keeping rows is what makes ranks x local batch == one process x
+      global batch.
+    * ``loss(net, spec, labels, **extras)``: the mean loss of one micro-batch (extras sliced like ``spec``) run
+      through ``net`` (``model`` itself, or its ``DistributedDataParallel`` wrapper under torchrun).
+    * ``groups(weight_decay)``: AdamW parameter groups.
+    * ``pictures``: whether ``picture(spec, path, title)`` draws something worth saving during training.
+    """
+
+    name: str
+    model: nn.Module
+    pictures: bool
+
+    def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict: ...
+
+    def loss(self, net: nn.Module, spec: torch.Tensor, labels: torch.Tensor, **extras) -> torch.Tensor: ...
+
+    def groups(self, weight_decay: float) -> list[dict]: ...
+
+    def picture(self, spec: torch.Tensor, path: Path, title: str = "") -> None: ...
+
+
 class PretrainTask:
-    """MaskSpec pre-training: ``loss = model(spec, mask_ratio, noise)``; labels are ignored."""
+    """MaskSpec pre-training: ``loss = model(spec, noise=noise)`` with the model config's mask ratio (the one
+    place it is set, so a saved model trains on as it was configured); labels are ignored."""
 
     name = "pretrain"
+    pictures = True
 
-    def __init__(self, model: Model, mask_ratio: float, masks_per_clip: int = 1):
-        self.model, self.mask_ratio, self.masks_per_clip = model, mask_ratio, masks_per_clip
-        self.net: nn.Module = model
+    def __init__(self, model: Model, masks_per_clip: int = 1):
+        if masks_per_clip < 1:
+            raise ValueError(f"masks_per_clip must be >= 1, got {masks_per_clip}")
+        self.model, self.masks_per_clip = model, masks_per_clip
 
     def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
         """Masking noise ``(B_local, M, L)`` (rows of the global ``(B, M, L)`` draw); L from the spec's grid."""
@@ -45,12 +72,12 @@ class PretrainTask:
         noise = torch.rand(global_batch, self.masks_per_clip, n, generator=gen)[rows]
         return {"noise": noise.to(spec.device, non_blocking=True)}
 
-    def loss(self, spec: torch.Tensor, labels: torch.Tensor | None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, net: nn.Module, spec: torch.Tensor, labels: torch.Tensor | None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is not None:
             noise = noise.reshape(-1, noise.shape[-1])  # (B * M, L): rows b*M .. b*M + M-1 belong to clip b
         # return_pred=False: the loss is all a step needs, so the fused path scores masked tokens only
-        loss, _, _ = self.net(spec, mask_ratio=self.mask_ratio, masks_per_clip=self.masks_per_clip, noise=noise,
-                              return_pred=False)
+        loss, _, _ = net(spec, masks_per_clip=self.masks_per_clip, noise=noise, return_pred=False)
         return loss
 
     def groups(self, weight_decay: float) -> list[dict]:
@@ -65,7 +92,7 @@ class PretrainTask:
         self.model.eval()
         g = torch.Generator().manual_seed(0)
         noise = torch.rand(spec.shape[0], self.model.config.num_patches, generator=g).to(spec.device)
-        _, pred, mask = self.model(spec, mask_ratio=self.mask_ratio, noise=noise)
+        _, pred, mask = self.model(spec, noise=noise)
         save_reconstructions(spec, pred, mask, path, self.model.config.patch_size, self.model.config.norm_pix_loss, title)
         self.model.train(was_training)
 
@@ -76,6 +103,7 @@ class FinetuneTask:
     10 s, scaled to the clip length) and mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
 
     name = "finetune"
+    pictures = False
 
     def __init__(
         self,
@@ -90,7 +118,6 @@ class FinetuneTask:
         self.model, self.multilabel = model, multilabel
         self.label_smoothing, self.layer_decay = label_smoothing, layer_decay
         self.freq_mask, self.time_mask, self.mixup_alpha = freq_mask, time_mask, mixup_alpha
-        self.net: nn.Module = model
 
     def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
         out: dict[str, torch.Tensor] = {}
@@ -112,13 +139,16 @@ class FinetuneTask:
             spec, labels = apply_mixup(spec, soft_targets(labels, self.model.num_classes), extras["lam"])
         return spec, labels
 
-    def loss(self, spec: torch.Tensor, labels: torch.Tensor, **extras) -> torch.Tensor:
+    def loss(self, net: nn.Module, spec: torch.Tensor, labels: torch.Tensor, **extras) -> torch.Tensor:
         spec, labels = self.augment(spec, labels, **extras)
-        logits = self.net(spec).float()
+        logits = net(spec).float()
         return classification_loss(logits, labels, self.multilabel, self.label_smoothing)
 
     def groups(self, weight_decay: float) -> list[dict]:
         return param_groups(self.model, weight_decay, layer_decay=self.layer_decay)
+
+    def picture(self, spec: torch.Tensor, path: Path, title: str = "") -> None:
+        """Nothing to draw for a classifier during training (``pictures`` is False)."""
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool, smoothing: float) -> torch.Tensor:
@@ -132,6 +162,3 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multilabel: 
         return torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
     return F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
