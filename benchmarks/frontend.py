@@ -3,7 +3,7 @@
 Writes ``--num-files`` clips of ``--clip-seconds`` (white noise + tones, wav) to a temp dir, then times full
 passes (epochs) over them with:
 
-* ``dali-cpu``: :class:`maskspec_fast.frontend.dali.DaliAudioLoader` on DALI's CPU backend
+* ``dali-cpu``: :class:`maskspec_fast.data.dali_loader.DaliAudioLoader` on DALI's CPU backend
   (``num_threads = --workers``); ``dali-gpu`` as well when CUDA is there.
 * ``torch-reference``: a ``torch.utils.data.DataLoader`` with ``--workers`` processes, each item
   ``load_audio`` + ``crop_or_pad``; the batched reference :class:`LogMel` runs in the main process per batch.
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
             print(f"  {name:<40s} {row['median']:9.1f} audio-s/s  (p20 {row['p20']:.1f}, p80 {row['p80']:.1f})", flush=True)
 
         if "dali" in rows:
-            from maskspec_fast.frontend.dali import DaliAudioLoader, dali_available
+            from maskspec_fast.data.dali_loader import DaliAudioLoader
+            from maskspec_fast.frontend.dali import dali_available
 
             ok, reason = dali_available()
             if not ok:

@@ -11,13 +11,9 @@ from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, mel_scale, num_fr
 pytest.importorskip("nvidia.dali")
 sf = pytest.importorskip("soundfile")
 
-from maskspec_fast.frontend.dali import (  # noqa: E402
-    AudioDecodeError,
-    DaliAudioLoader,
-    dali_available,
-    resampling_kernel,
-    shard_range,
-)
+from maskspec_fast.data.dali_loader import AudioDecodeError, DaliAudioLoader  # noqa: E402
+from maskspec_fast.data.order import rank_share  # noqa: E402
+from maskspec_fast.frontend.dali import dali_available, resampling_kernel  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -181,8 +177,7 @@ def test_shards_cover_dataset_once_and_order_is_seeded(tmp_path):
     seen = []
     for shard in range(2):
         loader = DaliAudioLoader(items, batch_size=4, clip_seconds=0.5, train=True, seed=7, shard_id=shard, num_shards=2)
-        lo, hi = shard_range(11, shard, 2)
-        assert len(loader) == -(-(hi - lo) // 4)
+        assert len(loader) == -(-len(rank_share(range(11), shard, 2, pad=False)) // 4)
         batches = _only(loader)
         idx = torch.cat([b["index"] for b in batches]).tolist()
         labels = torch.cat([b["label"] for b in batches]).tolist()

@@ -28,8 +28,10 @@ def per_rank(size: int, world_size: int) -> int:
     return -(-size // world_size)
 
 
-def rank_share(order: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """Rank ``r`` of ``w`` takes positions ``r, r + w, r + 2w, ...`` of the order padded by wrapping.
+def rank_share(order: Sequence[int], rank: int, world_size: int, pad: bool = True) -> list[int]:
+    """Rank ``r`` of ``w`` takes positions ``r, r + w, r + 2w, ...`` of the order, padded by wrapping (``pad``:
+    every rank gets :func:`per_rank` items, as DDP needs equal step counts; unpadded, the shares partition the
+    order exactly and differ in size by at most one).
 
     Striding (not contiguous blocks) keeps the global batch ``s`` (positions ``[sB, (s+1)B)``) equal to the union
     of the ranks' local batches ``s`` whatever ``w`` is, so a run on 1 or 8 processes sees the same batches.
@@ -39,6 +41,8 @@ def rank_share(order: Sequence[int], rank: int, world_size: int) -> list[int]:
     n = len(order)
     if n == 0:
         return []
+    if not pad:
+        return list(order[rank::world_size])
     padded = list(order) + [order[i % n] for i in range(per_rank(n, world_size) * world_size - n)]
     return padded[rank::world_size]
 

@@ -25,51 +25,37 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SAMPLE_RATE = 32000
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-HOP_LENGTH = 320
-PATCH_FRAMES = 16
-# A clip must cover one 16-frame patch: 16 full hops after the 2-tap pre-emphasis drops a sample.
-MIN_SAMPLES = PATCH_FRAMES * HOP_LENGTH + 1  # 5121 at 32 kHz
-
-# Filter design (see module docstring for the measured accuracy).
-_ROLLOFF = 0.97
-_ZERO_CROSSINGS = 32
-_KAISER_BETA = 8.6
+from .constants import AUDIO_EXTENSIONS, MIN_SAMPLES, SAMPLE_RATE
+from .filters import resampling_cutoff, windowed_sinc
 
 
 class AudioFileError(ValueError):
-    """An audio file that cannot be used: ``path`` names the file, ``problem`` says why (both in the message)."""
+    """An audio file that cannot be used, on every input path (reference loader, DALI, shard readers).
 
-    def __init__(self, path: str | os.PathLike, problem: str):
+    ``path`` names the file (``paths`` all suspects when a batch failed as a whole), ``problem`` says why; both
+    are in the message.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str, paths: Sequence[str] | None = None):
         self.path = str(path)
         self.problem = problem
+        self.paths = list(paths) if paths is not None else [self.path]
         super().__init__(f"{self.path}: {problem}")
 
     def __reduce__(self):  # picklable across DataLoader worker processes
-        return (type(self), (self.path, self.problem))
+        return (type(self), (self.path, self.problem, self.paths))
 
 
-@lru_cache(maxsize=32)
 def _lowpass(up: int, down: int) -> np.ndarray:
-    """Anti-aliasing / anti-imaging FIR for a polyphase ``up/down`` resampler, at the rate ``orig * up``.
-
-    h[n] = rolloff / M * sinc(rolloff * (n - c) / M) * kaiser(beta)[n],  M = max(up, down), n = 0 .. 2c,
-    c = ceil(zero_crossings * M / rolloff), i.e. a windowed sinc with cutoff ``rolloff * pi / M``, normalized to
-    unit DC gain (``resample_poly`` multiplies by ``up`` itself).
-    """
-    m = max(up, down)
-    cutoff = _ROLLOFF / m  # in units of the Nyquist frequency of the rate orig * up
-    half = int(math.ceil(_ZERO_CROSSINGS / cutoff))
-    n = np.arange(-half, half + 1, dtype=np.float64)
-    h = cutoff * np.sinc(cutoff * n) * np.kaiser(2 * half + 1, _KAISER_BETA)
-    return h / h.sum()  # exact unit DC gain
+    """The FIR of a polyphase ``up/down`` resampler; it runs at ``orig * up`` Hz, so its cutoff is
+    ``ROLLOFF * min(orig, new) / (orig * up) = ROLLOFF / max(up, down)`` of that rate's Nyquist."""
+    return windowed_sinc(resampling_cutoff(down, up, up * down))  # up, down coprime: rate orig*up <-> up*down
 
 
 def _resample_np(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:

@@ -25,12 +25,12 @@ Design choices (why):
 * **mel bank**: ``fn.mel_filter_bank`` builds Slaney/HTK triangles that are linear in Hz, not the Kaldi
   triangles that are linear in mel (plus a zero Nyquist column) that the reference uses. DALI has no general
   matrix-multiply operator, so the (128 x 513) product, the log and the affine scaling run in torch on the
-  output device (one batched GEMM + an elementwise op; the same ``LogMel._bank`` so fmin/fmax jitter works).
+  output device (one batched GEMM + an elementwise op; ``LogMel.from_power``, so fmin/fmax jitter works).
 * **shuffle and shards**: DALI's ``random_shuffle`` is a local buffer shuffle and ``shuffle_after_epoch``
   rotates shards and cannot stick to one; neither gives an order that can be computed outside DALI. We need
   that order (to drop the duplicates the reader pads the last batch with, to name a bad file, to resume after
-  replacing one), so the loader draws a global permutation from ``(seed, epoch)``, splits it into contiguous
-  shards (DALI's own split: shard k gets ``[N k / S, N (k+1) / S)``), and hands its shard's file list to
+  replacing one), so the loader (:mod:`maskspec_fast.data.dali_loader`) takes the package's epoch order and
+  rank share (:mod:`maskspec_fast.data.order`, the same as the DataLoader path's) and hands its file list to
   ``fn.readers.file`` in that order (``random_shuffle=False``, ``pad_last_batch=True``). Every item is read
   exactly once per epoch across shards; shard sizes differ by at most one item.
 * **mp3**: DALI 2.4's ``fn.decoders.audio`` decodes WAV, FLAC and OGG (Vorbis/Opus) only ("File contains data
@@ -41,7 +41,7 @@ Design choices (why):
   reader, documented and measured in ``benchmarks/frontend.py``.
 * **bad files**: with ``validate=True`` (default) every file's header is checked once up front with
   ``soundfile.info`` (a few tens of microseconds per file, in a thread pool). A file that fails the check, or
-  one DALI fails to decode later, raises :class:`AudioDecodeError` naming the file -- or, with
+  one DALI fails to decode later, raises :class:`~maskspec_fast.frontend.audio.AudioFileError` naming the file -- or, with
   ``skip_bad_files=True``, is replaced by the next good file of the same shard and recorded in
   ``loader.skipped`` as ``(path, reason)``.
 
@@ -57,22 +57,19 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .logmel import LogMel, MelSettings, num_frames
+from .filters import resampling_cutoff, windowed_sinc
+from .logmel import MelSettings
 
 try:  # optional dependency: the package must import without it
     import nvidia.dali.fn as fn
     import nvidia.dali.math as dmath
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
-    from nvidia.dali.plugin.pytorch import feed_ndarray
 
     _DALI_ERROR: str | None = None
 except Exception as exc:  # ImportError, or a broken CUDA runtime inside DALI
@@ -82,14 +79,6 @@ INSTALL_HINT = "pip install 'maskspec_fast[dali]'"
 # Containers DALI's audio decoder (libsndfile-based) reads; anything else is transcoded in Python (see mp3 above).
 DALI_FORMATS = frozenset({"WAV", "WAVEX", "FLAC", "OGG"})
 _DALI_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
-
-
-class AudioDecodeError(RuntimeError):
-    """A file that cannot be decoded; ``paths`` names the culprit(s)."""
-
-    def __init__(self, message: str, paths: Sequence[str]):
-        super().__init__(message)
-        self.paths = list(paths)
 
 
 def dali_available() -> tuple[bool, str]:
@@ -112,27 +101,6 @@ def symmetric_hann(n: int) -> list[float]:
     return torch.hann_window(n, periodic=False, dtype=torch.float64).tolist()
 
 
-def shard_range(num_items: int, shard_id: int, num_shards: int) -> tuple[int, int]:
-    """Contiguous shard ``[N k / S, N (k+1) / S)`` of ``N`` items (the split DALI's readers use)."""
-    return num_items * shard_id // num_shards, num_items * (shard_id + 1) // num_shards
-
-
-def epoch_permutation(num_items: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """Global item order for ``(seed, epoch)``: identical on every shard, so the shards partition it."""
-    if not shuffle:
-        return np.arange(num_items, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(num_items).astype(np.int64)
-
-
-def mel_from_power(power: torch.Tensor, bank: torch.Tensor, settings: MelSettings) -> torch.Tensor:
-    """Power spectrogram ``(B, n_fft/2+1, T)`` -> scaled log-mel ``(B, n_mels, T)``: ``(log(W P + eps) + shift) / scale``."""
-    mel = torch.matmul(bank, power)  # (M, F) @ (B, F, T) -> (B, M, T), a fresh tensor: safe to update in place
-    if mel.requires_grad:
-        return (torch.log(mel + settings.log_offset) + settings.shift) / settings.scale
-    # in place: on a 2-core CPU the temporaries of the out-of-place chain cost as much as the log itself
-    return mel.add_(settings.log_offset).log_().add_(settings.shift).div_(settings.scale)
-
-
 def header_check(path: str) -> str | None:
     """Cheap validity check (header only, via ``soundfile.info``): ``None`` if fine, else the reason."""
     import soundfile as sf
@@ -146,7 +114,7 @@ def header_check(path: str) -> str | None:
     return None
 
 
-def _needs_transcode(path: str, fmt: str | None) -> bool:
+def needs_transcode(path: str, fmt: str | None) -> bool:
     if fmt is not None:
         return fmt not in DALI_FORMATS
     return not path.lower().endswith(_DALI_SUFFIXES)
@@ -164,7 +132,7 @@ def _encoded_bytes(path: str, transcode: bool) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-def _full_decode_error(path: str) -> str | None:
+def full_decode_error(path: str) -> str | None:
     """Decode a whole file with soundfile to find the culprit of a DALI failure."""
     import soundfile as sf
 
@@ -177,22 +145,19 @@ def _full_decode_error(path: str) -> str | None:
     return None
 
 
-def _is_decode_error(exc: BaseException) -> bool:
+def is_decode_error(exc: BaseException) -> bool:
     """DALI reports operator failures as RuntimeError; only the decoder's (or the Python source's) name a file."""
     text = str(exc)
     return "decoders.audio" in text or "external_source" in text or "encoded data" in text
 
 
-@lru_cache(maxsize=64)
-def resampling_kernel(rate: int, orig_sr: int, new_sr: int, zero_crossings: int = 32, rolloff: float = 0.97,
-                      beta: float = 8.6) -> np.ndarray:
+def resampling_kernel(rate: int, orig_sr: int, new_sr: int) -> np.ndarray:
     """Low-pass FIR run at ``rate`` Hz around DALI's resampler, ``(1, K)`` fp32 (``[[1.0]]`` when not needed).
 
-    ``h[n] = c sinc(c n) kaiser_beta[n] / sum``, ``c = rolloff * min(orig, new) / rate`` (cutoff in units of
-    ``rate / 2``), ``n = -ceil(Z / c) .. ceil(Z / c)``: the same continuous-time filter (cutoff
-    ``0.97 min(orig, new) / 2`` Hz, 32 zero crossings a side, Kaiser beta 8.6) as the one inside the reference
-    polyphase resampler :func:`maskspec_fast.frontend.audio.resample`. It is used at ``rate = orig`` before
-    downsampling (anti-aliasing) and at ``rate = new`` after upsampling (anti-imaging).
+    The filter of :mod:`maskspec_fast.frontend.filters` (the one inside the reference polyphase resampler
+    :func:`maskspec_fast.frontend.audio.resample`), with cutoff ``0.97 min(orig, new) / 2`` Hz expressed at
+    ``rate``. It is used at ``rate = orig`` before downsampling (anti-aliasing) and at ``rate = new`` after
+    upsampling (anti-imaging).
 
     Why: DALI's resampler (``fn.decoders.audio(sample_rate=...)`` / ``fn.audio_resample``) interpolates with a
     16-lobe Hann-windowed sinc at the *input* rate. Downsampling, it does not band-limit at all: a 20 kHz tone of
@@ -200,14 +165,10 @@ def resampling_kernel(rate: int, orig_sr: int, new_sr: int, zero_crossings: int 
     content into the 8-15 kHz mel bins. Upsampling, its images above the old Nyquist sit some 40-60 dB down,
     far above the reference's. Filtering around it makes the result band-limited like the reference's.
     """
-    cutoff_hz = rolloff * min(orig_sr, new_sr) / 2
     if orig_sr == new_sr or orig_sr <= 0:
         return np.ones((1, 1), dtype=np.float32)
-    c = 2 * cutoff_hz / rate
-    half = int(math.ceil(zero_crossings / c))
-    n = np.arange(-half, half + 1, dtype=np.float64)
-    h = c * np.sinc(c * n) * np.kaiser(2 * half + 1, beta)
-    return (h / h.sum()).astype(np.float32)[None, :]  # (1, K): a 2-D filter over a (1, N) "HW" signal
+    h = windowed_sinc(resampling_cutoff(orig_sr, new_sr, rate))
+    return h.astype(np.float32)[None, :]  # (1, K): a 2-D filter over a (1, N) "HW" signal
 
 
 def build_logmel_pipeline(
@@ -352,245 +313,14 @@ def _file_rate(path: str, rates: Sequence[int] | None, position: int) -> int:
         return -1
 
 
-class DaliAudioLoader:
-    """Iterate ``{"spec": (B, n_mels, T) fp32 on device, "label": (B,) or (B, C), "index": (B,) int64}``.
-
-    Args:
-        items: ``(path, label)`` pairs; ``label`` an int (-> int64 ``(B,)``), a list of class indices with
-            ``num_classes`` given (-> multi-hot float32 ``(B, C)``), or a fixed-length vector such as a multi-hot
-            array (-> float32 ``(B, C)``).
-        batch_size: samples per batch; the last batch of an epoch may be smaller (``drop_last=False``).
-        clip_seconds: clip length; ``L = round(clip_seconds * 32000)`` samples, ``T = 1 + (L - 1) // 320``.
-        train: random crop (and shuffling, unless ``shuffle`` says otherwise; mel jitter if given); evaluation
-            crops deterministically from the start and pads short clips with zeros at the end.
-        seed: with the epoch (:meth:`set_epoch`, advanced automatically after each full pass) fixes the order
-            and the crops.
-        shard_id, num_shards: this process's shard; the shards partition each epoch's permutation.
-        device: ``"cpu"`` (DALI CPU backend) or ``"cuda"`` (DALI GPU operators, tensors on the current device).
-        skip_bad_files: replace undecodable files with the next good one of the shard (recorded in ``skipped``)
-            instead of raising :class:`AudioDecodeError`.
-        validate: header-check every file once up front (``soundfile.info``).
-        fmin_jitter, fmax_jitter: MaskSpec's per-batch mel-band jitter in training (see :class:`LogMel`).
-    """
-
-    def __init__(
-        self,
-        items: Sequence[tuple[str, Any]],
-        batch_size: int,
-        clip_seconds: float = 10.0,
-        train: bool = False,
-        seed: int = 0,
-        shard_id: int = 0,
-        num_shards: int = 1,
-        device: str = "cpu",
-        num_threads: int = 2,
-        skip_bad_files: bool = False,
-        *,
-        shuffle: bool | None = None,
-        drop_last: bool = False,
-        validate: bool = True,
-        fmin_jitter: float = 0.0,
-        fmax_jitter: float = 0.0,
-        settings: MelSettings | None = None,
-        quality: float = 50.0,
-        prefetch_queue_depth: int = 2,
-        num_classes: int | None = None,
-    ):
-        _require_dali()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={shard_id}, num_shards={num_shards}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' asked for, but torch sees no CUDA device")
-        self.items = [(os.fspath(p), y) for p, y in items]
-        if not self.items:
-            raise ValueError("DaliAudioLoader needs at least one item")
-        self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.shard_id, self.num_shards = shard_id, num_shards
-        self.device, self.num_threads = device, num_threads
-        self.skip_bad_files, self.drop_last = skip_bad_files, drop_last
-        self.shuffle = train if shuffle is None else shuffle
-        self.settings = settings or MelSettings()
-        self.quality, self.prefetch_queue_depth = quality, prefetch_queue_depth
-        self.num_classes = num_classes
-        self.clip_samples = int(round(clip_seconds * self.settings.sample_rate))
-        self.frames = num_frames(self.clip_samples, self.settings.hop_length)
-        self.logmel = LogMel(self.settings, fmin_jitter, fmax_jitter).to(self._torch_device()).train(train)
-        self.skipped: list[tuple[str, str]] = []
-        self.epoch = 0
-        self._bad: dict[str, str] = {}
-        self._formats: dict[str, str | None] = {}
-        self._rates: dict[str, int] = {}
-        self._labels_as_vectors = not isinstance(self.items[0][1], (int, np.integer))
-        if validate:
-            self._validate()
-
-    # ----------------------------------------------------------------------------------------------- setup
-    def _torch_device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if self.device == "cuda" else torch.device("cpu")
-
-    def _validate(self) -> None:
-        import soundfile as sf
-
-        def check(path: str) -> tuple[str, str | None, Any]:
-            reason = header_check(path)
-            return path, reason, None if reason else sf.info(path)
-
-        paths = sorted({p for p, _ in self.items})
-        with ThreadPoolExecutor(max_workers=max(1, self.num_threads * 2)) as pool:
-            for path, reason, info in pool.map(check, paths):
-                if info is not None:
-                    self._formats[path], self._rates[path] = info.format, int(info.samplerate)
-                if reason is not None:
-                    self._mark_bad(path, reason)
-
-    def _mark_bad(self, path: str, reason: str) -> None:
-        if not self.skip_bad_files:
-            raise AudioDecodeError(f"cannot decode audio file {path!r}: {reason}", [path])
-        if path not in self._bad:
-            self._bad[path] = reason
-            self.skipped.append((path, reason))
-
-    # ------------------------------------------------------------------------------------------- ordering
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order (and crops) the next iteration produces."""
-        self.epoch = int(epoch)
-
-    def shard_indices(self, epoch: int | None = None) -> np.ndarray:
-        """Item indices this shard reads in ``epoch`` (before bad-file replacement)."""
-        perm = epoch_permutation(len(self.items), self.seed, self.epoch if epoch is None else epoch, self.shuffle)
-        lo, hi = shard_range(len(self.items), self.shard_id, self.num_shards)
-        return perm[lo:hi]
-
-    def __len__(self) -> int:
-        lo, hi = shard_range(len(self.items), self.shard_id, self.num_shards)
-        n = hi - lo
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def _replace_bad(self, order: np.ndarray) -> np.ndarray:
-        """Each bad item -> the next good item of the shard (cyclically); any good item if the shard has none."""
-        good = np.array([self.items[i][0] not in self._bad for i in order], dtype=bool)
-        if good.all():
-            return order
-        pool = order if good.any() else np.array([i for i, (p, _) in enumerate(self.items) if p not in self._bad])
-        if pool.size == 0:
-            raise AudioDecodeError("no decodable audio file left", sorted(self._bad))
-        if not good.any():
-            return np.resize(pool, order.size)
-        out = order.copy()
-        n = order.size
-        for j in np.flatnonzero(~good):
-            k = next(k for k in range(1, n + 1) if good[(j + k) % n])
-            out[j] = order[(j + k) % n]
-        return out
-
-    # ------------------------------------------------------------------------------------------ iteration
-    def _build(self, order: np.ndarray, epoch: int, start: int):
-        files = [self.items[i][0] for i in order]
-        transcode = [_needs_transcode(p, self._formats.get(p)) for p in files]
-        rates = [self._rates[p] for p in files] if all(p in self._rates for p in files) else None
-        # A different seed per (seed, epoch, shard, restart point) keeps random crops reproducible.
-        pseed = int(np.random.default_rng([self.seed, epoch, self.shard_id, start]).integers(0, 2**31 - 1))
-        return build_logmel_pipeline(
-            files,
-            batch_size=self.batch_size,
-            clip_samples=self.clip_samples,
-            train=self.train,
-            seed=pseed,
-            device=self.device,
-            num_threads=self.num_threads,
-            transcode=transcode,
-            rates=rates,
-            settings=self.settings,
-            quality=self.quality,
-            prefetch_queue_depth=self.prefetch_queue_depth,
-        )
-
-    def _labels(self, idx: np.ndarray) -> torch.Tensor:
-        if not self._labels_as_vectors:
-            return torch.as_tensor([int(self.items[i][1]) for i in idx], dtype=torch.int64)
-        if self.num_classes is not None:  # lists of class indices -> multi-hot (B, C)
-            hot = torch.zeros(len(idx), self.num_classes, dtype=torch.float32)
-            for row, i in enumerate(idx):
-                hot[row, torch.as_tensor(list(self.items[i][1]), dtype=torch.int64)] = 1.0
-            return hot
-        return torch.stack([torch.as_tensor(np.asarray(self.items[i][1]), dtype=torch.float32) for i in idx])
-
-    @classmethod
-    def from_dataset(cls, dataset: Any, batch_size: int, **kwargs: Any) -> DaliAudioLoader:
-        """From a :mod:`maskspec_fast.data` set (``items``, ``num_classes``, ``multilabel``); kwargs as ``__init__``."""
-        if getattr(dataset, "multilabel", False):
-            kwargs.setdefault("num_classes", dataset.num_classes)
-        return cls(dataset.items, batch_size, **kwargs)
-
-    def _to_torch(self, tensor_list) -> torch.Tensor:
-        b = len(tensor_list)
-        out = torch.empty((b, self.settings.n_fft // 2 + 1, self.frames), dtype=torch.float32, device=self._torch_device())
-        stream = torch.cuda.current_stream() if self.device == "cuda" else None
-        feed_ndarray(tensor_list.as_tensor(), out, cuda_stream=stream)
-        return out
-
-    def _culprits(self, order: np.ndarray, start: int) -> list[tuple[str, str]]:
-        """Files in the window a failing pipeline may have been decoding (current batch + prefetch)."""
-        stop = min(order.size, start + (self.prefetch_queue_depth + 2) * self.batch_size)
-        paths = dict.fromkeys(self.items[i][0] for i in order[start:stop])
-        found = [(p, r) for p in paths if (r := _full_decode_error(p)) is not None]
-        return found or [(p, "DALI failed to decode it") for p in paths]
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = self.epoch
-        base = self.shard_indices(epoch)
-        n_out = len(self) * self.batch_size if self.drop_last else base.size
-        done = 0  # samples already returned this epoch
-        restarts = 0
-        while done < n_out:
-            order = self._replace_bad(base)
-            first = done  # the pipeline reads order[first:]
-            pipe = self._build(order[first:], epoch, first)
-            try:
-                while done < n_out:
-                    try:
-                        power, pos = pipe.run()
-                    except StopIteration:
-                        break
-                    except RuntimeError as exc:
-                        if not _is_decode_error(exc):
-                            raise
-                        culprits = self._culprits(order, done)
-                        if not self.skip_bad_files:
-                            names = ", ".join(p for p, _ in culprits)
-                            raise AudioDecodeError(
-                                f"DALI failed to decode audio file(s): {names} ({culprits[0][1]}); first error: "
-                                f"{str(exc).splitlines()[-1] if str(exc) else exc!r}",
-                                [p for p, _ in culprits],
-                            ) from exc
-                        restarts += 1
-                        if restarts > len(self.items):
-                            raise
-                        for p, reason in culprits:
-                            self._mark_bad(p, reason)
-                        break  # rebuild from `done` with the replacements
-                    take = min(self.batch_size, n_out - done)  # drop the reader's pad-by-repetition
-                    positions = np.asarray(pos.as_array()).reshape(-1)[:take].astype(np.int64) + first
-                    idx = order[positions]
-                    power_t = self._to_torch(power)[:take]
-                    spec = mel_from_power(power_t, self.logmel._bank(), self.settings)
-                    done += take
-                    yield {"spec": spec, "label": self._labels(idx).to(spec.device), "index": torch.from_numpy(idx)}
-            finally:
-                del pipe
-        self.epoch = epoch + 1
-
-
 __all__ = [
-    "AudioDecodeError",
-    "DaliAudioLoader",
+    "DALI_FORMATS",
     "build_logmel_pipeline",
     "dali_available",
-    "epoch_permutation",
+    "full_decode_error",
     "header_check",
-    "mel_from_power",
-    "shard_range",
+    "is_decode_error",
+    "needs_transcode",
+    "resampling_kernel",
     "symmetric_hann",
 ]

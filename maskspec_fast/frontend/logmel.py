@@ -1,4 +1,4 @@
-"""Reference log-mel front end (the PaSST/MaskSpec recipe in PAPER.md), batched, CPU or GPU.
+"""Reference log-mel front end (the PaSST/MaskSpec recipe, see ``docs/FRONTEND.md``), batched, CPU or GPU.
 
 wave (B, N) at 32 kHz
   -> pre-emphasis   y[n] = x[n+1] - 0.97 x[n]                        (B, N-1)
@@ -14,16 +14,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-SAMPLE_RATE = 32000
+from .constants import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH
 
 
 @dataclass(frozen=True)
 class MelSettings:
     sample_rate: int = SAMPLE_RATE
-    n_fft: int = 1024
-    win_length: int = 800
-    hop_length: int = 320
-    n_mels: int = 128
+    n_fft: int = N_FFT
+    win_length: int = WIN_LENGTH
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
     fmin: float = 0.0
     fmax: float = 15000.0  # sr/2 - 1 kHz
     preemphasis: float = 0.97
@@ -58,7 +58,7 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax
     return torch.cat([bank, torch.zeros(n_mels, 1, dtype=bank.dtype)], dim=1).float()  # (M, n_bins + 1)
 
 
-def num_frames(num_samples: int, hop_length: int = 320) -> int:
+def num_frames(num_samples: int, hop_length: int = HOP_LENGTH) -> int:
     """Frames of a centered STFT after the 2-tap pre-emphasis (N-1 samples): 1 + (N - 1) // hop (1000 for 10 s at 32 kHz)."""
     return 1 + (num_samples - 1) // hop_length
 
@@ -80,7 +80,9 @@ class LogMel(nn.Module):
             "mel_bank", kaldi_mel_banks(s.n_mels, s.n_fft, s.sample_rate, s.fmin, s.fmax), persistent=False
         )
 
-    def _bank(self) -> torch.Tensor:
+    def bank(self) -> torch.Tensor:
+        """The mel bank ``(n_mels, n_fft/2+1)`` for this call: the fixed one, or in training mode with jitter a
+        freshly drawn one (fmin/fmax shifted; draws from the global torch RNG)."""
         s = self.settings
         if not self.training or (self.fmin_jitter == 0 and self.fmax_jitter == 0):
             return self.mel_bank
@@ -111,8 +113,17 @@ class LogMel(nn.Module):
             return_complex=True,
         )  # (B, n_fft/2+1, frames)
         power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self._bank(), power)  # (B, n_mels, frames)
-        return (torch.log(mel + s.log_offset) + s.shift) / s.scale
+        return self.from_power(power)
+
+    def from_power(self, power: torch.Tensor) -> torch.Tensor:
+        """Power spectrogram ``(B, n_fft/2+1, T)`` -> scaled log-mel ``(B, n_mels, T)``:
+        ``(log(W P + eps) + shift) / scale`` with ``W = bank()`` (for pipelines that make the power elsewhere)."""
+        s = self.settings
+        mel = torch.matmul(self.bank(), power)  # (M, F) @ (B, F, T) -> (B, M, T), a fresh tensor
+        if mel.requires_grad:
+            return (torch.log(mel + s.log_offset) + s.shift) / s.scale
+        # in place: on a 2-core CPU the temporaries of the out-of-place chain cost as much as the log itself
+        return mel.add_(s.log_offset).log_().add_(s.shift).div_(s.scale)
 
 
 _DEFAULT: dict[tuple[str, int], LogMel] = {}

@@ -10,6 +10,7 @@ import torch
 
 from ..backends import format_backends
 from ..config import ModelConfig
+from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
@@ -227,17 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         con.say(format_backends())
     try:
         return _COMMANDS[args.command](args, device, con)
+    except AudioFileError as e:
+        print(f"error: {e} (use --skip-bad-files to replace such files)", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except RuntimeError as e:
-        if type(e).__name__ != "AudioDecodeError":
-            raise
-        print(f"error: {e} (use --skip-bad-files to replace such files)", file=sys.stderr)
-        return 2
     finally:
         cleanup()
 

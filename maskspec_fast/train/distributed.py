@@ -16,8 +16,8 @@ Conventions the training loop keeps (why they give the same result as one proces
 * What stays per process (so runs with mixup, drop path or patchout match one process in distribution, not
   number for number): mixup pairs clips within a process's micro-batch (as timm's ``Mixup`` does), and drop
   path / patchout draw inside the model from the global RNG, seeded per ``(seed, step, rank)``.
-* The DALI front end shards each epoch into contiguous blocks (DALI's own split), so its multi-process batches
-  differ from its one-process batches; every epoch still reads each file once.
+* The DALI front end takes the same epoch order and rank shares (:mod:`maskspec_fast.data.order`); every epoch
+  reads each file once.
 * Rank 0 alone writes logs, pictures and checkpoints; saves are collective (every rank's RNG state is gathered
   into the checkpoint) and end with a barrier, so no rank runs ahead of a checkpoint being written.
 """

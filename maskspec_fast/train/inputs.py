@@ -1,5 +1,5 @@
 """Training input pipelines: the torch path (DataLoader of waveforms -> :class:`LogMel` on the device) and the
-DALI path (:class:`~maskspec_fast.frontend.dali.DaliAudioLoader`: files -> log-mel on the device).
+DALI path (:class:`~maskspec_fast.data.dali_loader.DaliAudioLoader`: files -> log-mel on the device).
 
 Both yield this rank's local batches of one epoch from a given position, and stop after ``batches_per_epoch``
 batches (``len(dataset) // global_batch``, the same for every world size, so ranks take equal step counts and one
@@ -88,8 +88,8 @@ class TorchInput:
 class DaliInput:
     """Files decoded and turned into log-mel by DALI (CPU backend, or GPU operators on CUDA).
 
-    Each rank reads its contiguous shard of the epoch's permutation (DALI's split), so the multi-process batches
-    differ from the one-process ones (unlike the torch path); each epoch still covers the data set once.
+    Each rank reads its share of the epoch's order (:mod:`maskspec_fast.data.order`, as the torch path does), so
+    the union of the ranks' batches is the one-process batch; each epoch covers the data set once.
     """
 
     name = "dali"
@@ -109,7 +109,7 @@ class DaliInput:
         fmin_jitter: float = 0.0,
         fmax_jitter: float = 0.0,
     ):
-        from ..frontend.dali import DaliAudioLoader
+        from ..data.dali_loader import DaliAudioLoader
 
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # DALI's GPU operators run on the current device
