@@ -1,100 +1,102 @@
-"""Choose, once, which implementation each model op uses, and say why.
+"""The op table: which implementation each model op runs, chosen once when a model is built, and why.
 
-The plain path uses the references in :mod:`maskspec_fast.ops`. The fused path takes the fastest available
-piece for each op and falls back to the reference (reporting the reason) when a piece is missing:
+A model's forward calls ``self.ops.<op>`` for every op below and never asks which path it is on; the plain path
+gets the references of :mod:`maskspec_fast.ops` (``<op>_ref``), the fused path the fast version of each op
+(``<op>`` in its fast module) where that can run, else the reference with the reason in the report.
 
-- ``patch_tokens``: C++ patchify (CPU) / Triton patchify (CUDA) + one Linear, instead of the Conv2d;
-- ``gather_visible``, ``unshuffle``: Triton token gathers with the positional add fused (and their backwards);
-- ``masked_mse``: Triton masked MSE writing the gradient in the forward pass; ``masked_mse_on_masked`` scores
-  predictions made for masked patches only (the decoder head skips visible tokens when ``pred`` is not needed);
-- attention: flash-attn, else PyTorch SDPA (see :mod:`maskspec_fast.ops.attention`).
+| op | plain (reference) | fused |
+| --- | --- | --- |
+| ``patchify`` img -> (B, L, p*p) | ``ops.patchify.patchify_ref`` | C++ / Triton ``ops.patchify_fused.patchify`` |
+| ``patch_tokens`` -> (B, L, D) | Conv2d (``patch_tokens_ref``) | Linear on the patches (``patchify_fused.patch_tokens``) |
+| ``masking`` noise -> ids | ``ops.masking.masking_ids`` | the same (index bookkeeping, no fast version) |
+| ``gather_visible`` (+pos) | ``ops.gather.gather_visible_ref`` | Triton ``ops.triton_gather.gather_visible`` |
+| ``unshuffle`` (+pos) | ``ops.gather.unshuffle_ref`` | Triton ``ops.triton_gather.unshuffle`` |
+| ``masked_mse`` | ``ops.masked_mse.masked_mse_ref`` | Triton ``ops.triton_masked_mse.masked_mse`` |
+| ``masked_mse_on_masked`` | ``ops.masked_mse.masked_mse_on_masked_ref`` | Triton ``triton_masked_mse.masked_mse_on_masked`` |
+| attention | ``ops.attention.attention_ref`` (explicit softmax) | flash-attn, else PyTorch SDPA |
 
 The Triton and C++ ops dispatch per call on the tensor's device (CUDA kernels; CPU interpreter under
-``TRITON_INTERPRET=1``; otherwise the reference), so one model object is valid on either device.
+``TRITON_INTERPRET=1``; C++ on CPU for patchify; otherwise the reference), so one model object is valid on either
+device; the report says what each op runs where.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
-import torch.nn as nn
 
 from .ops.attention import choose_attention_backend
 from .ops.gather import gather_visible_ref, unshuffle_ref
-from .ops.masked_mse import masked_mse
-from .ops.patchify import patchify
+from .ops.masked_mse import masked_mse_on_masked_ref, masked_mse_ref
+from .ops.masking import masking_ids
+from .ops.patchify import patch_tokens_ref, patchify_ref
 
-_OPS = ("patch_tokens", "gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked")
+OPS = ("patchify", "patch_tokens", "masking", "gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked",
+       "attention")
+PRETRAIN_OPS = OPS  # Model runs every op
+CLASSIFIER_OPS = ("patch_tokens", "masking", "attention")  # Classifier: tokens, patchout draws, attention
 
-
-def patch_tokens_ref(img: torch.Tensor, patch_embed: nn.Module) -> torch.Tensor:
-    """img ``(B, 1, F, T)`` -> tokens ``(B, L, D)`` through the patch-embedding convolution."""
-    return patch_embed(img)
-
-
-def masked_mse_on_masked_ref(
-    pred_masked: torch.Tensor, target: torch.Tensor, ids_masked: torch.Tensor, norm_pix: bool = True
-) -> torch.Tensor:
-    """Loss of predictions for the masked patches only: pred_masked ``(B, M, P)``, target ``(B, L, P)`` raw
-    patches, ids_masked ``(B, M)`` -> mean over the B*M patches of mean_k (pred - t)^2 (= masked_mse)."""
-    p = target.shape[-1]
-    tgt = torch.gather(target, 1, ids_masked.unsqueeze(-1).expand(-1, -1, p))  # (B, M, P)
-    ones = torch.ones(tgt.shape[:2], device=tgt.device)
-    return masked_mse(pred_masked, tgt, ones, norm_pix)
+_TRITON_OPS = ("gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked")
 
 
 @dataclass
-class OpSet:
-    """The callables a model uses, plus ``report``: op name -> "implementation (reason)"."""
+class OpTable:
+    """The callables a model runs, plus ``report``: op name -> "implementation (reason)" for the ops it uses."""
 
     attention_backend: str
+    patchify: Callable[..., torch.Tensor] = patchify_ref
     patch_tokens: Callable[..., torch.Tensor] = patch_tokens_ref
+    masking: Callable[..., tuple[torch.Tensor, ...]] = masking_ids
     gather_visible: Callable[..., torch.Tensor] = gather_visible_ref
     unshuffle: Callable[..., torch.Tensor] = unshuffle_ref
-    masked_mse: Callable[..., torch.Tensor] = masked_mse
+    masked_mse: Callable[..., torch.Tensor] = masked_mse_ref
     masked_mse_on_masked: Callable[..., torch.Tensor] = masked_mse_on_masked_ref
-    patchify: Callable[..., torch.Tensor] = patchify
     report: dict[str, str] = field(default_factory=dict)
 
 
-def resolve(fused: bool) -> OpSet:
-    """Pick implementations for the plain (``fused=False``) or fused path."""
+OpSet = OpTable  # the name of earlier versions
+
+
+def resolve(fused: bool, used: Sequence[str] = OPS) -> OpTable:
+    """The op table for the plain (``fused=False``) or fused path; ``report`` covers the ``used`` ops only."""
     attn, why = choose_attention_backend(fused)
-    ops = OpSet(attention_backend=attn)
-    ops.report["attention"] = f"{attn} ({why})"
-    if not fused:
-        for name in _OPS:
-            ops.report[name] = "reference (plain path)"
-        return ops
-    _use_triton(ops)
-    _use_patchify_ext(ops)
-    return ops
+    table = OpTable(attention_backend=attn)
+    report = {name: "reference (plain path)" for name in OPS}
+    report["attention"] = f"{attn} ({why})"
+    report["masking"] = "reference (index bookkeeping; the same on both paths)"
+    if fused:
+        report.update(_use_triton(table))
+        report.update(_use_patchify_ext(table))
+    table.report = {name: report[name] for name in OPS if name in used}
+    return table
 
 
-def _use_triton(ops: OpSet) -> None:
+def _use_triton(table: OpTable) -> dict[str, str]:
     try:
         from .ops import triton_gather, triton_masked_mse
         from .ops._triton_utils import HAS_TRITON, triton_status
     except ImportError as e:  # a broken optional install must not break the model
-        for name in ("gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked"):
-            ops.report[name] = f"reference (Triton ops unavailable: {e})"
-        return
-    ops.gather_visible = triton_gather.gather_visible
-    ops.unshuffle = triton_gather.unshuffle
-    ops.masked_mse = triton_masked_mse.masked_mse_fused
-    ops.masked_mse_on_masked = triton_masked_mse.masked_mse_on_masked
+        return {name: f"reference (Triton ops unavailable: {e})" for name in _TRITON_OPS}
+    table.gather_visible = triton_gather.gather_visible
+    table.unshuffle = triton_gather.unshuffle
+    table.masked_mse = triton_masked_mse.masked_mse_fused
+    table.masked_mse_on_masked = triton_masked_mse.masked_mse_on_masked
     status = triton_status() if HAS_TRITON else "triton not installed: reference everywhere"
-    for name in ("gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked"):
-        ops.report[name] = f"triton custom op ({status})"
+    return {name: f"triton custom op ({status})" for name in _TRITON_OPS}
 
 
-def _use_patchify_ext(ops: OpSet) -> None:
+def _use_patchify_ext(table: OpTable) -> dict[str, str]:
     try:
         from .ops import patchify_fused
     except ImportError as e:
-        ops.report["patch_tokens"] = f"reference Conv2d (fused patchify unavailable: {e})"
-        return
-    ops.patch_tokens = patchify_fused.patch_tokens_fused
-    ops.patchify = patchify_fused.patchify_fused
-    ops.report["patch_tokens"] = f"fused patchify + Linear ({patchify_fused.status()})"
+        why = f"fused patchify unavailable: {e}"
+        return {"patchify": f"reference ({why})", "patch_tokens": f"reference Conv2d ({why})"}
+    table.patchify = patchify_fused.patchify
+    table.patch_tokens = patchify_fused.patch_tokens
+    status = patchify_fused.status()
+    return {"patchify": f"fused patchify ({status})",
+            "patch_tokens": f"Linear on the fused patches (one read of the input for tokens and targets; {status})"}
+
+
+__all__ = ["CLASSIFIER_OPS", "OPS", "PRETRAIN_OPS", "OpSet", "OpTable", "resolve"]

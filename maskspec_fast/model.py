@@ -9,14 +9,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import fused as fused_ops
 from .config import ModelConfig
 from .layers import Block, PatchEmbed, init_weights
-from .ops.masked_mse import masked_mse
-from .ops.masking import masking_ids, num_visible, random_masking
-from .ops.patchify import as_image, patchify
+from .ops.masking import num_visible
+from .ops.patchify import as_image
 from .ops.pos_embed import resize_pos_embed, sincos_2d
 from .serialization import load_dir, save_dir
 
@@ -80,7 +78,7 @@ class Model(_Encoder):
         super().__init__()
         self.config = c = config
         self.fused = _resolve_fused(fused)
-        self.ops = fused_ops.resolve(self.fused)
+        self.ops = fused_ops.resolve(self.fused, fused_ops.PRETRAIN_OPS)
         self._build_encoder(c, self.ops.attention_backend, learn_pos=False)
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
@@ -113,16 +111,13 @@ class Model(_Encoder):
         masks_per_clip: int = 1,
         patches: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """img ``(B, 1, F, T)`` -> latent ``(B', 1+K, D)``, mask ``(B', L)``, ids_restore ``(B', L)``, ids_keep ``(B', K)``.
+        """img ``(B, 1, F, T)`` -> latent ``(B', 1+K, D)``, mask ``(B', L)`` (1 = removed), ids_restore ``(B', L)``,
+        ids_masked ``(B', L-K)`` (the removed patch ids).
 
         With ``masks_per_clip = M > 1`` the patch embedding runs once and each clip gets M independent masks:
         ``B' = B * M``, rows ``b*M .. b*M + M-1`` belong to clip b (EAT's multi-mask trick).
-        ``patches`` ``(B, L, p*p)``: already patchified input (fused path: patchify once for tokens and targets).
+        ``patches`` ``(B, L, p*p)``: the input already patchified (read once for tokens and targets).
         """
-        return self._encode(img, mask_ratio, noise, masks_per_clip, patches)[:4]
-
-    def _encode(self, img, mask_ratio, noise, masks_per_clip, patches):
-        """:meth:`forward_encoder` plus ``ids_masked`` ``(B', L-K)`` (fused path; None on the reference path)."""
         grid = self.grid_of(img)
         pos = self.encoder_pos(grid)  # (1, 1+L, D)
         b, n = img.shape[0] * masks_per_clip, grid[0] * grid[1]
@@ -130,25 +125,15 @@ class Model(_Encoder):
             noise = torch.rand(b, n, device=img.device)
         elif noise.shape != (b, n):
             raise ValueError(f"noise must have shape (B * masks_per_clip, L) = {(b, n)}, got {tuple(noise.shape)}")
-        if self.fused:
-            keep = num_visible(n, mask_ratio)
-            mask, ids_restore, ids_keep, ids_masked = masking_ids(noise, keep)
-            if patches is not None:
-                x = F.linear(patches, *self.patch_embed.linear_weight())  # (B, L, D) = Conv2d on patches
-            else:
-                x = self.ops.patch_tokens(img, self.patch_embed)  # (B, L, D)
-            x = _repeat_clips(x, masks_per_clip)  # (B', L, D)
-            x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B', K, D), pos added
-        else:
-            x = _repeat_clips(self.patch_embed(img) + pos[:, 1:], masks_per_clip)  # (B', L, D)
-            x, mask, ids_restore, ids_keep = random_masking(x, mask_ratio, noise)  # (B', K, D)
-            ids_masked = None
+        mask, ids_restore, ids_keep, ids_masked = self.ops.masking(noise, num_visible(n, mask_ratio))
+        x = _repeat_clips(self.ops.patch_tokens(img, patches, self.patch_embed), masks_per_clip)  # (B', L, D)
+        x = self.ops.gather_visible(x, ids_keep, pos[0, 1:])  # (B', K, D): visible tokens + their positions
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B', 1, D)
         x = torch.cat([cls, x], dim=1)  # (B', 1+K, D)
         for blk in self.blocks:
             x = blk(x)
         mask = mask.to(img.dtype if img.is_floating_point() else torch.float32)
-        return self.norm(x), mask, ids_restore, ids_keep, ids_masked
+        return self.norm(x), mask, ids_restore, ids_masked
 
     def forward_decoder(
         self,
@@ -174,11 +159,26 @@ class Model(_Encoder):
         return self.decoder_pred(x)[:, 1:]  # (B, L, p*p), CLS dropped
 
     def forward_loss(
-        self, img: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, masks_per_clip: int = 1
+        self,
+        img: torch.Tensor,
+        pred: torch.Tensor,
+        mask: torch.Tensor,
+        masks_per_clip: int = 1,
+        ids_masked: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked MSE against the patchified (per-patch normalized) spectrogram."""
-        target = _repeat_clips(patchify(img, self.config.patch_size), masks_per_clip)  # (B', L, p*p)
-        return masked_mse(pred, target, mask, self.config.norm_pix_loss)
+        """Masked MSE against the patchified (per-patch normalized) spectrogram.
+
+        pred ``(B', L, p*p)`` scored where mask = 1; or, with ``ids_masked`` ``(B', M)``, pred ``(B', M, p*p)``
+        for exactly those patches (the same loss). ``patches``: ``img`` already patchified.
+        """
+        if patches is None:
+            patches = self.ops.patchify(img, self.config.patch_size)
+        target = _repeat_clips(patches, masks_per_clip)  # (B', L, p*p)
+        norm = self.config.norm_pix_loss
+        if ids_masked is not None:
+            return self.ops.masked_mse_on_masked(pred, target, ids_masked, norm)
+        return self.ops.masked_mse(pred, target, mask, norm)
 
     def forward(
         self,
@@ -190,27 +190,20 @@ class Model(_Encoder):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """``loss, pred (B', L, p*p), mask (B', L)`` with ``B' = B * masks_per_clip`` (see forward_encoder).
 
-        ``return_pred=False`` (training loops that only need the loss) lets the fused path run the prediction head
-        on masked tokens only and score them directly; ``pred`` is then None. The loss is the same function.
+        ``mask_ratio`` defaults to ``config.mask_ratio``. ``return_pred=False`` (training loops that only need
+        the loss) runs the prediction head on masked tokens only and scores them directly; ``pred`` is then None.
+        The loss is the same function.
         """
         if masks_per_clip < 1:
             raise ValueError(f"masks_per_clip must be >= 1, got {masks_per_clip}")
         img = check_spec(spec, self.config)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        grid = self.grid_of(img)
-        if not self.fused:
-            latent, mask, ids_restore, _ = self.forward_encoder(img, ratio, noise, masks_per_clip)
-            pred = self.forward_decoder(latent, ids_restore, grid)
-            return self.forward_loss(img, pred, mask, masks_per_clip), pred, mask
-        patches = self.ops.patchify(img, self.config.patch_size)  # (B, L, p*p), read once for tokens and targets
-        latent, mask, ids_restore, _, ids_masked = self._encode(img, ratio, noise, masks_per_clip, patches)
-        target = _repeat_clips(patches, masks_per_clip)  # (B', L, p*p)
-        if return_pred:
-            pred = self.forward_decoder(latent, ids_restore, grid)
-            return self.ops.masked_mse(pred, target, mask, self.config.norm_pix_loss), pred, mask
-        pred_masked = self.forward_decoder(latent, ids_restore, grid, ids_masked)  # (B', M, p*p)
-        loss = self.ops.masked_mse_on_masked(pred_masked, target, ids_masked, self.config.norm_pix_loss)
-        return loss, None, mask
+        patches = self.ops.patchify(img, self.config.patch_size)  # (B, L, p*p): read once for tokens and targets
+        latent, mask, ids_restore, ids_masked = self.forward_encoder(img, ratio, noise, masks_per_clip, patches)
+        head_on = None if return_pred else ids_masked
+        pred = self.forward_decoder(latent, ids_restore, self.grid_of(img), head_on)
+        loss = self.forward_loss(img, pred, mask, masks_per_clip, head_on, patches)
+        return loss, (pred if return_pred else None), mask
 
     # --- persistence ----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -279,7 +272,7 @@ class Classifier(_Encoder):
         self.num_classes = num_classes
         self.patchout = patchout
         self.fused = _resolve_fused(fused)
-        self.ops = fused_ops.resolve(self.fused)
+        self.ops = fused_ops.resolve(self.fused, fused_ops.CLASSIFIER_OPS)
         self._build_encoder(c, self.ops.attention_backend, learn_pos=True)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head = nn.Linear(c.embed_dim, num_classes)
@@ -303,13 +296,13 @@ class Classifier(_Encoder):
         p = self.config.patch_size
         grid = (img.shape[-2] // p, img.shape[-1] // p)
         pos = self.encoder_pos(grid)
-        x = self.patch_embed(img) + pos[:, 1:]  # (B, L, D)
+        x = self.ops.patch_tokens(img, None, self.patch_embed) + pos[:, 1:]  # (B, L, D)
         b, n, _ = x.shape
         pad = self.token_padding(lengths, grid, img.device) if lengths is not None else None  # (B, 1+L) or None
         if self.training and self.patchout > 0 and n - self.patchout >= 1:
             if pad is not None:
                 raise ValueError("patchout with a lengths tensor is not supported; pad clips or drop patchout")
-            _, _, ids_keep, _ = masking_ids(torch.rand(b, n, device=x.device), n - self.patchout)
+            _, _, ids_keep, _ = self.ops.masking(torch.rand(b, n, device=x.device), n - self.patchout)
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L - patchout, D)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)

@@ -195,3 +195,19 @@ def test_sliding_window_embeddings_cover_long_audio():
     torch.testing.assert_close(emb[:, 1], clf.embed(long[..., 32:96]))
     short_emb, _ = clf.embed_windows(torch.randn(2, 32, 50))
     assert short_emb.shape == (2, 1, 32)
+
+
+def test_each_model_reports_only_the_ops_it_runs():
+    import inspect
+
+    from maskspec_fast import fused as op_table
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2)
+    for fused in (False, True):
+        assert set(Model(cfg, fused=fused).describe()) == set(op_table.PRETRAIN_OPS)
+        clf_ops = set(Classifier(cfg, 3, fused=fused).describe())
+        assert clf_ops == set(op_table.CLASSIFIER_OPS) and "masked_mse" not in clf_ops and "unshuffle" not in clf_ops
+    # one forward for both paths: the choice lives in the op table, not in the method bodies
+    for method in (Model.forward, Model.forward_encoder, Model.forward_decoder, Model.forward_loss):
+        assert "self.fused" not in inspect.getsource(method)

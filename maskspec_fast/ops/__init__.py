@@ -1,10 +1,11 @@
-"""Reference operations (plain PyTorch), one module each; fast versions live beside them and are tested
-against these."""
+"""Reference operations (plain PyTorch), one module each, named ``<op>_ref``; the fast version ``<op>`` of each
+lives in its own module beside them (``triton_gather``, ``triton_masked_mse``, ``patchify_fused``) and is tested
+against these. :mod:`maskspec_fast.fused` puts one or the other into a model's op table."""
 from .attention import attention, attention_ref, choose_attention_backend
 from .gather import gather_visible_ref, unshuffle_ref
-from .masked_mse import masked_mse, normalize_patches
+from .masked_mse import masked_mse, masked_mse_on_masked_ref, masked_mse_ref, normalize_patches
 from .masking import masking_ids, num_visible, random_masking
-from .patchify import as_image, patchify, unpatchify
+from .patchify import as_image, patch_tokens_ref, patchify, patchify_ref, unpatchify
 from .pos_embed import resize_pos_embed, sincos_2d
 
 __all__ = [
@@ -14,10 +15,14 @@ __all__ = [
     "choose_attention_backend",
     "gather_visible_ref",
     "masked_mse",
+    "masked_mse_on_masked_ref",
+    "masked_mse_ref",
     "masking_ids",
     "normalize_patches",
     "num_visible",
+    "patch_tokens_ref",
     "patchify",
+    "patchify_ref",
     "random_masking",
     "resize_pos_embed",
     "sincos_2d",

@@ -13,7 +13,7 @@ def normalize_patches(target: torch.Tensor, eps: float = NORM_PIX_EPS) -> torch.
     return (target - mean) / (var + eps) ** 0.5
 
 
-def masked_mse(
+def masked_mse_ref(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True
 ) -> torch.Tensor:
     """MAE's reconstruction loss.
@@ -32,3 +32,21 @@ def masked_mse(
     per_patch = (pred.float() - t).pow(2).mean(dim=-1)  # (B, L)
     m = mask.float()
     return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mse_on_masked_ref(
+    pred_masked: torch.Tensor, target: torch.Tensor, ids_masked: torch.Tensor, norm_pix: bool = True
+) -> torch.Tensor:
+    """The same loss when the decoder predicted only the masked patches.
+
+    pred_masked ``(B, M, P)`` for patches ``ids_masked (B, M)`` of target ``(B, L, P)`` (raw patches):
+    ``loss = mean over the B*M rows of mean_k (pred - t)^2`` = :func:`masked_mse_ref` of the full prediction with
+    those rows masked. Gathers the target rows, then scores every row.
+    """
+    p = target.shape[-1]
+    t = torch.gather(target, 1, ids_masked.unsqueeze(-1).expand(-1, -1, p))  # (B, M, P)
+    ones = torch.ones(pred_masked.shape[:2], device=pred_masked.device, dtype=torch.float32)
+    return masked_mse_ref(pred_masked, t, ones, norm_pix)
+
+
+masked_mse = masked_mse_ref  # the name of earlier versions

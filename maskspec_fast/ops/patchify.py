@@ -13,7 +13,7 @@ def as_image(spec: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected a spectrogram of shape (B, n_mels, T) or (B, 1, n_mels, T), got {tuple(spec.shape)}")
 
 
-def patchify(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
+def patchify_ref(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
     """Cut a spectrogram into non-overlapping ``patch x patch`` patches.
 
     spec: ``(B, F, T)`` or ``(B, 1, F, T)``. Frames beyond the last whole patch (``T % patch``) are dropped,
@@ -35,7 +35,7 @@ def patchify(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
 def unpatchify(
     patches: torch.Tensor, grid: tuple[int, int] | None = None, patch: int = 16, n_mels: int = 128
 ) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(B, L, p*p)`` with ``L = gf*gt`` -> ``(B, gf*p, gt*p)``.
+    """Inverse of :func:`patchify_ref`: ``(B, L, p*p)`` with ``L = gf*gt`` -> ``(B, gf*p, gt*p)``.
 
     ``grid = (gf, gt)``; when omitted, ``gf = n_mels // patch`` (8 for 128 mel bins) and ``gt = L // gf``.
     """
@@ -51,3 +51,12 @@ def unpatchify(
     x = patches.reshape(b, gf, gt, patch, patch)  # (B, gf, gt, p, p)
     x = x.permute(0, 1, 3, 2, 4)  # (B, gf, p, gt, p)
     return x.reshape(b, gf * patch, gt * patch)
+
+
+def patch_tokens_ref(img: torch.Tensor, patches: torch.Tensor | None, patch_embed: torch.nn.Module) -> torch.Tensor:
+    """Token embedding: img ``(B, 1, F, T)`` -> tokens ``(B, L, D)`` through the stride-p convolution
+    (``patch_embed``), as MAE computes it; ``patches`` (the same input patchified) is not needed here."""
+    return patch_embed(img)
+
+
+patchify = patchify_ref  # the name of earlier versions

@@ -344,3 +344,16 @@ def status() -> str:
         if not torch.cuda.is_available():
             cuda += " (no CUDA device here)"
     return f"cpu: {cpu}; cuda: {cuda}"
+
+
+def patch_tokens(img: torch.Tensor, patches: torch.Tensor | None, patch_embed: nn.Module) -> torch.Tensor:
+    """Fast token embedding (the op table's ``patch_tokens``): ``patches @ W.T + b`` on patches already cut
+    (``(B, L, p*p)``, read once for tokens and targets), else :func:`patch_tokens_fused` on ``img``."""
+    if patches is None:
+        return patch_tokens_fused(img, patch_embed)
+    proj = patch_embed.proj
+    return F.linear(patches, proj.weight.flatten(1), proj.bias)  # (B, L, D) = Conv2d(1, D, p, stride p)
+
+
+patchify = patchify_fused  # the op table's fast ``patchify`` (see :func:`patchify_fused`)
+__all__ += ["patch_tokens", "patchify"]
