@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass, presets from the MaskSpec paper (see shared PAPER.md)."""
+"""Model configuration: one dataclass, presets from the MaskSpec paper (docs/MASKSPEC.md, "Model sizes")."""
 from __future__ import annotations
 
 import dataclasses

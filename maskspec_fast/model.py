@@ -434,7 +434,7 @@ class Classifier(_Encoder):
 
 
 def encoder_parameter_count(model: Model) -> int:
-    """Encoder parameters (patch_embed, cls, pos, blocks, norm): ~86M for base, as PAPER.md states."""
+    """Encoder parameters (patch_embed, cls, pos, blocks, norm): ~86M for base, as the paper reports (docs/MASKSPEC.md)."""
     return sum(
         p.numel()
         for n, p in model.named_parameters()

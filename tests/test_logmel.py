@@ -1,5 +1,5 @@
 """The reference LogMel front end against an independent float64 numpy computation of the same recipe
-(PAPER.md): pre-emphasis, reflect-padded frames, symmetric Hann(800) zero-padded to 1024 and centered (as
+(docs/MASKSPEC.md): pre-emphasis, reflect-padded frames, symmetric Hann(800) zero-padded to 1024 and centered (as
 torch.stft places a short window), rfft power, a Kaldi mel bank built here, log, scaling.
 
 Tolerance: the fp32 module vs the fp64 oracle, max |diff| < 1e-3 on the scaled log-mel ((log + 4.5) / 5) for

@@ -21,7 +21,7 @@ def test_presets_match_paper():
     assert base.grid_size == (8, 62) and base.num_patches == 496
     assert (ModelConfig.from_preset("small").embed_dim, ModelConfig.from_preset("tiny").embed_dim) == (384, 192)
     n = encoder_parameter_count(Model(base))
-    assert 85e6 < n < 87e6, n  # ~86M (PAPER.md)
+    assert 85e6 < n < 87e6, n  # ~86M (docs/MASKSPEC.md)
     assert ModelConfig.from_preset("tiny", frames=256).num_patches == 128
     with pytest.raises(ValueError):
         ModelConfig.from_preset("huge")

@@ -1,4 +1,4 @@
-"""Reference ops against PAPER.md's definitions: hand-computed small cases and fresh random inputs."""
+"""Reference ops against the definitions in docs/MASKSPEC.md: hand-computed small cases and fresh random inputs."""
 import pytest
 import torch
 

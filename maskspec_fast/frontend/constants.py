@@ -1,4 +1,4 @@
-"""The front end's fixed numbers, defined once (the PaSST/MaskSpec recipe; see ``docs/FRONTEND.md``).
+"""The front end's fixed numbers, defined once (the PaSST/MaskSpec recipe; see ``docs/MASKSPEC.md``, "Front end").
 
 Audio is mono at 32 kHz; one log-mel frame every 320 samples (10 ms); a patch covers 16 frames x 16 mel bins.
 """

@@ -1,4 +1,4 @@
-"""Reference log-mel front end (the PaSST/MaskSpec recipe, see ``docs/FRONTEND.md``), batched, CPU or GPU.
+"""Reference log-mel front end (the PaSST/MaskSpec recipe, ``docs/MASKSPEC.md``, "Front end"), batched, CPU or GPU.
 
 wave (B, N) at 32 kHz
   -> pre-emphasis   y[n] = x[n+1] - 0.97 x[n]                        (B, N-1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# PAPER.md: time masks up to 192 frames for 10-s clips (1000 frames); shorter clips get proportionally shorter ones.
+# docs/MASKSPEC.md (fine-tuning recipe): time masks up to 192 frames for 10-s clips (1000 frames); shorter clips get proportionally shorter ones.
 REFERENCE_FRAMES = 1000
 
 

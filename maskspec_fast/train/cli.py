@@ -53,7 +53,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--fused", action="store_true", help="use the fused fast path (reports what it found)")
+    path = g.add_mutually_exclusive_group()
+    path.add_argument("--fused", dest="fused", action="store_true", default=True,
+                      help="the fused fast path (the default; prints which implementation each op runs and why)")
+    path.add_argument("--reference", dest="fused", action="store_false",
+                      help="the plain PyTorch reference path (the truth the fused path is tested against)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the MaskSpec/MAE recipes (PAPER.md)."""
+"""Optimizer and learning-rate schedule of the MaskSpec/MAE recipes (docs/MASKSPEC.md, "Training recipes")."""
 from __future__ import annotations
 
 import math
