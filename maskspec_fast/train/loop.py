@@ -333,6 +333,8 @@ def train(
 def _make_input(task, dataset, args, frontend, device, info, local_batch, batches_per_epoch, log):
     from .inputs import choose_frontend
 
+    if getattr(dataset, "streaming", False):  # issue 15: streaming shard sources get their own input
+        return _stream_input(dataset, args, frontend, device, info, local_batch, batches_per_epoch, log)  # issue 15
     name, why = choose_frontend(getattr(args, "frontend", "torch") or "torch", dataset)
     log(f"front end: {name} ({why})")
     weights = None
@@ -351,6 +353,20 @@ def _make_input(task, dataset, args, frontend, device, info, local_batch, batche
                          fmax_jitter=frontend.fmax_jitter if jitter else 0.0)
     return TorchInput(dataset, frontend, local_batch, batches_per_epoch, workers=args.workers, seed=args.seed,
                       rank=info.rank, world_size=info.world_size, device=device, weights=weights)
+
+
+def _stream_input(dataset, args, frontend, device, info, local_batch, batches_per_epoch, log):  # issue 15
+    """Streaming sources (``webdataset:``): order and rank/worker split from the source itself."""
+    from .stream_input import StreamInput
+
+    if getattr(args, "balanced_sampling", False):
+        raise ValueError("--balanced-sampling needs a map-style data set; streaming shards are read once per epoch "
+                         "in shard order (prepare a manifest, or train on hdf5:/hf: for weighted draws)")
+    if getattr(args, "frontend", "torch") == "dali":
+        raise ValueError("--frontend dali reads files; streaming shards use --frontend torch (or auto)")
+    log(f"front end: torch, streaming {len(dataset)} clips from {len(dataset.index.shards)} shard(s)")
+    return StreamInput(dataset, frontend, local_batch, batches_per_epoch, workers=args.workers, seed=args.seed,
+                       rank=info.rank, world_size=info.world_size, device=device)
 
 
 def _reduce_pair(a: float, b: float, device: torch.device) -> tuple[float, float]:

@@ -1,0 +1,197 @@
+"""``webdataset:PATTERN``: training straight from tar shards, streamed in shard order through a shuffle buffer.
+
+Epoch ``e``'s global order (a function of ``(seed, e)`` only, the same on every rank and worker):
+
+1. the shards in the order :func:`~maskspec_fast.data.order.epoch_order` ``(S, seed, e)`` gives (tar order inside
+   each shard), so reading moves through a few shards at a time;
+2. that stream of ``N`` samples through a shuffle buffer of ``B`` slots: fill ``B``, then for each further sample
+   emit a uniformly chosen slot and put the sample there, then emit the rest in random order (a seeded
+   ``numpy`` generator; ``B = 0`` or ``train=False`` keeps the stream order);
+3. split across ranks by :func:`~maskspec_fast.data.order.rank_share` (rank r takes positions r, r + w, ...,
+   padded by wrapping), so the global batch ``s`` is the union of the ranks' local batches ``s`` for any world
+   size, exactly as on the map-style path.
+
+A rank's local batch ``j`` is positions ``[j b, (j + 1) b)`` of its share, and DataLoader worker ``w`` of ``W``
+builds batches ``j = start + w, start + w + W, ...``: the DataLoader's round-robin over workers then yields
+batches ``start, start + 1, ...`` in order, whatever ``W`` is. Each sample's audio is read by offset (the
+:class:`~maskspec_fast.data.shards.ShardIndex`), so every clip is decoded once per epoch by exactly one worker of
+one rank, and a resumed run starts at batch ``start`` without decoding the ones before.
+
+Why not webdataset's own ``split_by_node`` / ``split_by_worker``: they split shards (``urls[rank::world]``), which
+gives ranks unequal sample counts (DDP needs equal step counts) and a batch order that changes with the number
+of workers; the package is used for its conventions (brace patterns, sample keys, ``TarWriter``).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..frontend.audio import AudioFileError
+from .base import AudioDataset, collate
+from .order import epoch_order, per_rank, rank_share
+from .shards import ShardIndex, read_class_list, scan_shards
+
+
+def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The order in which a ``size``-slot shuffle buffer emits ``stream`` (``(N,)`` -> ``(N,)``, a permutation)."""
+    n = len(stream)
+    if size <= 1 or n <= 1:
+        return stream.copy()
+    size = min(size, n)
+    buf = stream[:size].copy()
+    out = np.empty(n, dtype=stream.dtype)
+    picks = rng.integers(0, size, n - size)
+    for k in range(n - size):  # emit a random slot, refill it with the next sample of the stream
+        j = picks[k]
+        out[k] = buf[j]
+        buf[j] = stream[size + k]
+    out[n - size :] = buf[rng.permutation(size)]
+    return out
+
+
+class ShardStream(AudioDataset):
+    """WebDataset tar shards as a streaming source (module doc); also random access (``self[i]``) for
+    ``prepare`` and evaluation.
+
+    Args:
+        pattern: brace pattern(s) of the shards (``::`` joins several) or a list of paths.
+        shuffle_buffer: slots of the shuffle buffer (0: stream order).
+        classes: a class list file (one name per line, or AudioSet's ``class_labels_indices.csv``).
+        num_classes: index labels ``0 .. C-1`` (when there is no class list).
+        min_samples: shortest usable clip after resampling (default: one 16-frame patch).
+        Other options as :class:`AudioDataset` (``clip_seconds``, ``train``, ``seed``, ``on_error``).
+
+    ``streaming = True`` tells the trainer to use :class:`~maskspec_fast.train.stream_input.StreamInput`.
+    ``bad`` lists ``(shard:member, problem)`` found by the scan (``on_error="skip"``).
+    """
+
+    multilabel = True
+    streaming = True
+
+    def __init__(
+        self,
+        pattern: str | Sequence[str],
+        clip_seconds: float = 10.0,
+        shuffle_buffer: int = 1000,
+        classes: str | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+        min_samples: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(clip_seconds=clip_seconds, **kwargs)
+        from ..frontend.audio import MIN_SAMPLES
+
+        if classes is not None and class_names is None:
+            class_names = read_class_list(classes)
+        self.pattern = pattern
+        self.index: ShardIndex = scan_shards(pattern, self.on_error, class_names, num_classes)
+        self.class_names = self.index.class_names
+        meta = self._prepared_meta()
+        if meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
+            self.multilabel = False
+        self.bad = list(self.index.bad)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
+        self._handles: dict[int, Any] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = {}, -1  # open files stay in their process
+        return state
+
+    # ------------------------------------------------------------------------------------------ reading
+    def _open(self, s: int):
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(s)
+        if f is None:
+            if len(self._handles) >= 8:  # a few shards are open at a time: the stream moves through them
+                self._handles.pop(next(iter(self._handles))).close()
+            f = self._handles[s] = open(self.index.shards[s], "rb")
+        return f
+
+    def read_member(self, i: int) -> bytes:
+        """The audio member's bytes of sample ``i``; AudioFileError if the shard cannot deliver them."""
+        name = self.index.member(i)
+        try:
+            f = self._open(int(self.index.shard[i]))
+            f.seek(int(self.index.offset[i]))
+            data = f.read(int(self.index.size[i]))
+        except OSError as e:
+            raise AudioFileError(name, f"unreadable shard ({e})") from e
+        if len(data) != self.index.size[i]:
+            raise AudioFileError(name, f"truncated shard: read {len(data)} of {self.index.size[i]} bytes")
+        return data
+
+    def _load(self, index: int) -> tuple[torch.Tensor, str]:
+        from .decode import decode_bytes
+
+        name = self.index.member(index)
+        return decode_bytes(self.read_member(index), name, self.sample_rate, self.min_samples), name
+
+    def _prepared_meta(self) -> dict:
+        """``dataset.json`` written by ``prepare`` next to the first shard ({} if none)."""
+        import json
+        from pathlib import Path
+
+        meta = Path(self.index.shards[0]).parent / "dataset.json"
+        try:
+            return json.loads(meta.read_text()) if meta.is_file() else {}
+        except ValueError:
+            return {}
+
+    def _label(self, index: int) -> int | list[int]:
+        labels = self.index.labels(index)
+        if self.multilabel:
+            return labels
+        return labels[0] if labels else -1
+
+    # ------------------------------------------------------------------------------------------ order
+    def global_order(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s order of all ``N`` sample ids ``(N,)`` int64 (steps 1-2 of the module doc)."""
+        starts = self.index.shard_starts
+        shards = epoch_order(len(starts) - 1, self.seed, epoch, shuffle=self.train)
+        stream = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shards]).astype(np.int64)
+        if not self.train or self.shuffle_buffer <= 1:
+            return stream
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0x5B]))
+        return shuffle_buffer(stream, self.shuffle_buffer, rng)
+
+    def rank_order(self, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's sample ids for the epoch, ``(ceil(N / world_size),)`` int64 (step 3)."""
+        return np.asarray(rank_share(self.global_order(epoch).tolist(), rank, world_size), dtype=np.int64)
+
+    def batches_per_rank(self, local_batch: int, world_size: int = 1) -> int:
+        return per_rank(len(self), world_size) // local_batch
+
+    def iter_batches(
+        self,
+        epoch: int,
+        local_batch: int,
+        start: int = 0,
+        stop: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        worker: int = 0,
+        num_workers: int = 1,
+    ) -> Iterator[dict[str, Any]]:
+        """Collated batches ``j = start + worker, start + worker + num_workers, ... < stop`` of this rank's
+        epoch (``stop`` defaults to every full batch); see :func:`~maskspec_fast.data.base.collate`."""
+        self.set_epoch(epoch)  # crops from (seed, epoch, index), as on the map-style path
+        ids = self.rank_order(epoch, rank, world_size)
+        full = len(ids) // local_batch
+        stop = full if stop is None else min(int(stop), full)
+        for j in range(start + worker, stop, num_workers):
+            yield collate([self[int(i)] for i in ids[j * local_batch : (j + 1) * local_batch]])
+
+
+__all__ = ["ShardStream", "shuffle_buffer"]
