@@ -130,7 +130,7 @@ def _scan_one(path: str, on_error: str, bad: list) -> list[tuple[str, str, int, 
                     problem(path, f"truncated or corrupt tar after {len(out)} samples ({e})")
                     break
                 if m is None:
-                    if tf.offset > total:
+                    if tf.offset >= total:  # the two zero blocks that end an archive are missing
                         problem(path, f"truncated tar: no end-of-archive marker after {len(out)} samples")
                     break
                 if not m.isfile():
