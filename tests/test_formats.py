@@ -6,8 +6,16 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from audio_sets import (decode_ref, encode, hf_table, make_hdf5, make_hf_parquet, make_hf_saved, make_shards,
-                        tone)
+from audio_sets import (
+    decode_ref,
+    encode,
+    hf_table,
+    make_hdf5,
+    make_hf_parquet,
+    make_hf_saved,
+    make_shards,
+    tone,
+)
 
 from maskspec_fast.data import build_dataset
 from maskspec_fast.data.base import DatasetError, collate

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from audio_sets import decode_ref, encode, make_hdf5, make_hf_parquet, hf_table, tone
+from audio_sets import decode_ref, encode, hf_table, make_hdf5, make_hf_parquet, tone
 
 from maskspec_fast.data import build_dataset
 from maskspec_fast.data.__main__ import main as data_main

@@ -135,3 +135,24 @@ def test_cli_pretrains_on_shards_and_resumes_exactly(tmp_path):
     assert _log(cut / "log.csv") == rows
     a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(cut / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fast_batch_path_equals_the_decode_path(tmp_path, train):
+    from maskspec_fast.data.base import collate
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for i in range(9):  # PCM16 at the model rate (fast path) and others (decoder), shorter and longer than the crop
+        seconds = [0.2, 0.3, 0.45][i % 3]
+        rate, fmt = [(32000, "WAV"), (16000, "WAV"), (32000, "FLAC")][i // 3]
+        samples.append((f"m{i}", encode(tone(seconds, rng.uniform(100, 3000), rate=rate, seed=i), fmt, rate), [0]))
+    pattern = make_shards(tmp_path / "mix", samples[:6], per_shard=3, fmt="wav")
+    pattern_flac = make_shards(tmp_path / "mixf", samples[6:], per_shard=3, fmt="flac", prefix="f")
+    src = build_dataset(f"webdataset:{pattern}::{pattern_flac}", clip_seconds=0.25, train=train, seed=7)
+    src.set_epoch(3)
+    ids = [4, 0, 8, 2, 1, 7, 3, 5, 6]
+    fast, slow = src.batch(ids), collate([src[i] for i in ids])
+    assert torch.equal(fast["wave"], slow["wave"]) and torch.equal(fast["label"], slow["label"])
+    assert fast["path"] == slow["path"] and torch.equal(fast["index"], slow["index"])
+    assert (fast["wave"][1, 6400:] == 0).all() and not (fast["wave"][0, 6400:] == 0).all()  # 0.2 s padded

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..frontend.audio import AudioFileError
-from .base import AudioDataset, collate
+from .base import AudioDataset
 from .order import epoch_order, per_rank, rank_share
 from .shards import ShardIndex, read_class_list, scan_shards
 
@@ -191,7 +191,56 @@ class ShardStream(AudioDataset):
         full = len(ids) // local_batch
         stop = full if stop is None else min(int(stop), full)
         for j in range(start + worker, stop, num_workers):
-            yield collate([self[int(i)] for i in ids[j * local_batch : (j + 1) * local_batch]])
+            yield self.batch(ids[j * local_batch : (j + 1) * local_batch])
+
+    def batch(self, ids: Sequence[int]) -> dict[str, Any]:
+        """The collated batch of samples ``ids``: equal to ``collate([self[i] for i in ids])``, built faster.
+
+        Why: at prepared-shard speed, copies dominate (a per-clip float tensor, ``torch.stack``, and the copy of the
+        batch into shared memory when a DataLoader worker sends it). Here ``wave (B, clip_samples)`` is allocated
+        once, in shared memory inside a worker, and PCM16 WAV members at the model rate are cropped as int16 and
+        scaled straight into their row (``x = pcm / 32768``, the value of the decode path). Any other member, and
+        any error, goes through ``self[i]`` (decoder, resampler, on_error policy).
+        """
+        from torch.utils.data import get_worker_info
+
+        from .decode import parse_pcm16_wav
+
+        wave = torch.empty((len(ids), self.clip_samples), dtype=torch.float32)
+        if get_worker_info() is not None:
+            wave.share_memory_()  # sent to the main process without another copy
+        rows = wave.numpy()
+        samples = []
+        for r, i in enumerate(int(i) for i in ids):
+            parsed = None
+            if self.index.fields[i] == "wav":
+                try:
+                    parsed = parse_pcm16_wav(self.read_member(i))
+                except AudioFileError:
+                    parsed = None  # the slow path raises or replaces it
+            if parsed is not None and parsed[1] == self.sample_rate and parsed[0].shape[1] == 1 \
+                    and parsed[0].shape[0] >= max(self.min_samples or 1, 1):
+                pcm = parsed[0][:, 0]
+                n = pcm.shape[0]
+                start = 0
+                if n > self.clip_samples and self.train:  # the draw crop_or_pad makes for this (seed, epoch, index)
+                    start = int(torch.randint(0, n - self.clip_samples + 1, (), generator=self._generator(i)).item())
+                m = min(n - start, self.clip_samples)
+                np.multiply(pcm[start : start + m], np.float32(1.0 / 32768.0), out=rows[r, :m], casting="unsafe")
+                rows[r, m:] = 0.0
+                samples.append({"label": self._label_tensor(self._label(i)), "path": self.index.member(i),
+                                "index": i, "replaced": "", "replaced_reason": ""})
+            else:
+                s = self[i]
+                wave[r] = s["wave"]
+                samples.append(s)
+        return {
+            "wave": wave,
+            "label": torch.stack([s["label"] for s in samples]),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "path": [s["path"] for s in samples],
+            "replaced": [(s["replaced"], s["replaced_reason"]) for s in samples if s["replaced"]],
+        }
 
 
 __all__ = ["ShardStream", "shuffle_buffer"]
