@@ -156,3 +156,16 @@ def test_fast_batch_path_equals_the_decode_path(tmp_path, train):
     assert torch.equal(fast["wave"], slow["wave"]) and torch.equal(fast["label"], slow["label"])
     assert fast["path"] == slow["path"] and torch.equal(fast["index"], slow["index"])
     assert (fast["wave"][1, 6400:] == 0).all() and not (fast["wave"][0, 6400:] == 0).all()  # 0.2 s padded
+
+
+def test_torchrun_two_processes_match_one_on_shards(tmp_path):
+    from test_distributed import assert_same_run, torchrun
+
+    from maskspec_fast.train.cli import main
+
+    pattern = _shards(tmp_path, n=16, seconds=0.35)
+    args = ["pretrain", "--data", f"webdataset:{pattern}", "--steps", "5", "--batch-size", "4", "--lr", "1e-3",
+            "--warmup-steps", "1", "--save-every", "0", "--workers", "2", *SMALL, *TINY]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    torchrun([*args, "--out", str(tmp_path / "two")])
+    assert_same_run(tmp_path / "one", tmp_path / "two")
