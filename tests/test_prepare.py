@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ from audio_sets import decode_ref, encode, hf_table, make_hdf5, make_hf_parquet,
 from maskspec_fast.data import build_dataset
 from maskspec_fast.data.__main__ import main as data_main
 
+h5py = pytest.importorskip("h5py")
 pytest.importorskip("webdataset")
 
 
