@@ -118,7 +118,8 @@ def test_cli_pretrains_on_shards_and_resumes_exactly(tmp_path):
     from maskspec_fast.train.cli import main
 
     pattern = _shards(tmp_path, n=20, seconds=0.35, corrupt=(4,))
-    base = ["pretrain", "--data", f"webdataset:{pattern}", "--steps", "7", "--batch-size", "4", "--lr", "1e-3",
+    missing = str(tmp_path / "shards" / "shard-000099.tar")
+    base = ["pretrain", "--data", f"webdataset:{pattern}::{missing}", "--steps", "7", "--batch-size", "4", "--lr", "1e-3",
             "--warmup-steps", "2", "--save-every", "3", "--workers", "2", "--masks-per-clip", "2",
             "--skip-bad-files", *SMALL, *TINY]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -127,12 +128,13 @@ def test_cli_pretrains_on_shards_and_resumes_exactly(tmp_path):
     assert [r["epoch"] for r in rows] == ["0"] * 5 + ["1"] * 2  # 20 clips / batch 4: an epoch boundary
     with open(full / "bad_files.csv") as f:
         lines = f.read().splitlines()
-    assert lines and all("c0004.wav" in ln for ln in lines)  # drawn once per epoch -> reported each time
-    assert rows[-1]["skipped_bad"] == str(len(lines))
+    # the corrupt member each time it is drawn (once per epoch), the missing shard with each epoch's first batch
+    assert sum("c0004.wav" in ln for ln in lines) == 2 and sum(f"{missing},shard not found" in ln for ln in lines) == 2
+    assert lines[0].startswith("0,") and len(lines) == 4 and rows[-1]["skipped_bad"] == "4"
     shutil.copytree(full / "checkpoints" / "step_00000006", cut / "checkpoints" / "step_00000006")
     shutil.copy(full / "log.csv", cut / "log.csv")
     assert main([*base, "--out", str(cut), "--resume", "auto"]) == 0
-    assert _log(cut / "log.csv") == rows
+    assert _log(cut / "log.csv") == rows  # the bad-file counts too
     a, b = load_file(str(full / "final" / "model.safetensors")), load_file(str(cut / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -57,8 +57,7 @@ class StreamInput:
         self.source, self.frontend, self.device = source, frontend, device
         self.local_batch, self.batches_per_epoch = local_batch, batches_per_epoch
         self.workers, self.seed, self.rank, self.world_size = workers, seed, rank, world_size
-        # problems the shard scan found (skip mode): reported once, by rank 0, with the first batch
-        self._pending: list[tuple[str, str]] = list(getattr(source, "bad", [])) if rank == 0 else []
+        self._pending: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -66,6 +65,11 @@ class StreamInput:
     def epoch(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         if start_batch >= self.batches_per_epoch:
             return
+        if start_batch == 0 and self.rank == 0:
+            # problems the shard scan found (skip mode: a missing shard, a truncated tar, an unknown label) are
+            # reported with the first batch of every epoch, as a bad clip is each time it is drawn; a run resumed
+            # mid-epoch reported them before it stopped, so the counts match an uninterrupted run
+            self._pending = list(getattr(self.source, "bad", []))
         batches = _EpochBatches(self.source, epoch, self.local_batch, start_batch, self.batches_per_epoch,
                                 self.rank, self.world_size)
         workers = min(self.workers, self.batches_per_epoch - start_batch)
