@@ -34,7 +34,7 @@ def _digests(out):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("shard-*.tar"))}
 
 
-def test_prepare_hdf5_writes_shards_index_and_bad_files(h5, tmp_path, capsys):
+def test_prepare_hdf5_writes_shards_index_and_bad_files(h5, tmp_path, capsys, monkeypatch):
     spec, mp3s, names, unbal = h5
     out = tmp_path / "out"
     assert data_main(["prepare", spec, str(out), "--shard-size", "3", "--workers", "2", "--quiet"]) == 0
@@ -62,6 +62,20 @@ def test_prepare_hdf5_writes_shards_index_and_bad_files(h5, tmp_path, capsys):
         assert hashlib.sha256(data).hexdigest() == index[j]["checksum"]
         assert abs(float(index[j]["seconds"]) - len(ref) / 32000) < 1e-5
     assert torch.nonzero(ds[1]["label"]).flatten().tolist() == [2, 3]
+
+    from maskspec_fast.data import shards
+
+    with monkeypatch.context() as m:  # the member tables beside the shards are used: no tar is scanned
+        m.setattr(shards, "_scan_one", lambda *a: pytest.fail("scanned a prepared shard"))
+        scanned = build_dataset(meta["spec"], clip_seconds=1.0)
+    for k in range(3):
+        (out / f"shard-{k:06d}.json").rename(out / f"shard-{k:06d}.json.off")
+    rescanned = build_dataset(meta["spec"], clip_seconds=1.0)  # ... and they equal a scan
+    for a, b in ((scanned.index, rescanned.index),):
+        assert a.keys == b.keys and a.fields == b.fields and np.array_equal(a.offset, b.offset)
+        assert np.array_equal(a.size, b.size) and np.array_equal(a.label_ids, b.label_ids)
+    for k in range(3):
+        (out / f"shard-{k:06d}.json.off").rename(out / f"shard-{k:06d}.json")
 
     serial = tmp_path / "serial"  # one worker or two: the same bytes
     assert data_main(["prepare", spec, str(serial), "--shard-size", "3", "--quiet"]) == 0
@@ -140,3 +154,31 @@ def test_prepare_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         data_main(["prepare", "--help"])
     assert "--workers" in capsys.readouterr().out
+
+
+def test_prepare_killed_for_real_then_rerun_equals_a_clean_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    cmd = lambda dest: [sys.executable, "-m", "maskspec_fast.data", "prepare", "synthetic:120", str(dest),  # noqa: E731
+                        "--shard-size", "2", "--quiet"]
+    subprocess.run(cmd(clean), env=env, check=True, timeout=300)
+    proc = subprocess.Popen(cmd(out), env=env)
+    deadline = time.time() + 120
+    while not (out / "shard-000003.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be killed"
+    done = len(list(out.glob("shard-*.json")))
+    assert 0 < done < 60 and not (out / "index.csv").exists()
+    subprocess.run(cmd(out), env=env, check=True, timeout=300)
+    assert _digests(out) == _digests(clean) and len(_digests(out)) == 60
+    assert (out / "index.csv").read_text() == (clean / "index.csv").read_text()
+    assert not list(out.glob("*.part"))

@@ -5,8 +5,9 @@ Output folder::
 
     shard-000000.tar ...   clips [k S, (k + 1) S) of the source (S = shard_size); members KEY.wav (or .flac)
                            and KEY.json ({"labels": [class indices], "source": ..., "seconds": ...})
-    shard-000000.json ...  the shard's index rows and bad files; written after its tar: its presence (with the
-                           tar's size and sha256 matching) is what marks the shard complete
+    shard-000000.json ...  the shard's index rows, bad files and member table (key, field, offset, size, labels:
+                           the reader's index without a scan); written after its tar: its presence (with the tar's
+                           size matching) is what marks the shard complete
     index.csv              key, shard, source, seconds, labels (';'-joined indices), checksum (sha256 of the audio
                            member)
     bad_files.csv          index, source, problem: clips of the source that could not be decoded (left out)
@@ -116,9 +117,12 @@ def write_shard(ds, out: Path, k: int, first: int, last: int, fmt: str, sample_r
         writer.close()
         fh.flush()
         os.fsync(fh.fileno())
+    from .shards import member_table
+
     tar = out / name
     os.replace(part, tar)
-    record = {"shard": name, "bytes": tar.stat().st_size, "sha256": _sha256(tar), "rows": rows, "bad": bad}
+    record = {"shard": name, "bytes": tar.stat().st_size, "sha256": _sha256(tar), "rows": rows, "bad": bad,
+              "members": member_table(str(tar))}
     _write_json_atomic(out / f"shard-{k:06d}.json", record)
     return record
 

@@ -98,6 +98,27 @@ class ShardIndex:
         return f"{self.shards[self.shard[i]]}:{self.keys[i]}.{self.fields[i]}"
 
 
+def member_table(path: str) -> list[list]:
+    """``[[key, field, offset, size, labels or None]]`` of a complete shard (what ``prepare`` stores beside it)."""
+    return [list(r) for r in _scan_one(path, "raise", [])]
+
+
+def _sidecar(path: str) -> list[tuple[str, str, int, int, object]] | None:
+    """The member table ``prepare`` wrote next to shard ``path`` (``shard-K.json``), if it belongs to this very
+    tar (same size); else None and the tar is scanned. Why: scanning reads every header and json member, minutes
+    for AudioSet's 2 million clips in every process that builds the set; the table is read in milliseconds."""
+    side = Path(path).with_suffix(".json")
+    try:
+        if not side.is_file():
+            return None
+        rec = json.loads(side.read_text())
+        if rec.get("bytes") != os.path.getsize(path) or "members" not in rec:
+            return None
+        return [(str(k), str(f), int(o), int(n), lab) for k, f, o, n, lab in rec["members"]]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _scan_one(path: str, on_error: str, bad: list) -> list[tuple[str, str, int, int, object]]:
     """``[(key, field, offset, size, raw labels or None)]`` of one shard; problems raise or go to ``bad``."""
 
@@ -173,7 +194,8 @@ def scan_shards(
     ``prepare`` next to the first shard, else the labels found (indices: ``0 .. max``; names: sorted)."""
     shards = expand_shards(pattern)
     bad: list[tuple[str, str]] = []
-    per_shard = [_scan_one(p, on_error, bad) for p in shards]
+    per_shard = [_sidecar(p) if os.path.isfile(p) else None for p in shards]
+    per_shard = [rows if rows is not None else _scan_one(p, on_error, bad) for p, rows in zip(shards, per_shard)]
     if class_names is None and num_classes is None:
         meta = Path(shards[0]).parent / "dataset.json"
         if meta.is_file():
