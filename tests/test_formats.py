@@ -238,7 +238,7 @@ def test_webdataset_index_labels_and_out_of_range(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- hf
-@pytest.mark.parametrize("layout", ["parquet", "saved"])
+@pytest.mark.parametrize("layout", ["parquet", "saved", "dict"])
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_hf_audio_column_and_class_labels(tmp_path, layout, multilabel):
     pytest.importorskip("pyarrow")
@@ -247,8 +247,14 @@ def test_hf_audio_column_and_class_labels(tmp_path, layout, multilabel):
     names = ["speech", "music", "noise"]
     labels = [[i % 3, 2] if multilabel else i % 3 for i in range(7)]
     table = hf_table(audio, [f"c{i}.x" for i in range(7)], labels, names, rate=16000, multilabel=multilabel)
-    root = (make_hf_parquet(tmp_path / "pq", table) if layout == "parquet"
-            else make_hf_saved(tmp_path / "saved", table, names, 16000, multilabel))
+    if layout == "parquet":
+        root = make_hf_parquet(tmp_path / "pq", table)
+    elif layout == "saved":
+        root = make_hf_saved(tmp_path / "saved", table, names, 16000, multilabel)
+    else:  # a DatasetDict.save_to_disk folder: one saved set per split
+        root = tmp_path / "dd"
+        make_hf_saved(root / "train", table, names, 16000, multilabel)
+        (root / "dataset_dict.json").write_text('{"splits": ["train"]}')
     ds = build_dataset(f"hf:{root}", clip_seconds=0.5, train=False)
     assert len(ds) == 7 and ds.class_names == names and ds.multilabel == multilabel
     for i in range(7):
