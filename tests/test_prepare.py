@@ -105,6 +105,12 @@ def test_prepare_resumes_after_a_kill_and_never_trusts_a_half_written_shard(h5, 
     assert (out / "shard-000000.tar").stat().st_mtime_ns == before  # kept, not redone
     assert _digests(out) == _digests(clean) and not list(out.glob("*.part"))
     assert (out / "index.csv").read_text() == (clean / "index.csv").read_text()
+    # another format into the same folder: every shard is redone, none of the old ones is mixed in
+    assert data_main(["prepare", spec, str(out), "--shard-size", "2", "--format", "flac", "--quiet"]) == 0
+    assert "already complete" not in capsys.readouterr().out
+    assert build_dataset(json.loads((out / "dataset.json").read_text())["spec"]).index.fields == ["flac"] * 6
+    assert data_main(["prepare", spec, str(out), "--shard-size", "3", "--quiet"]) == 2  # fewer shards: refused
+    assert "beyond the 3 shards" in capsys.readouterr().err
 
 
 def test_prepared_output_of_any_source_trains(tmp_path):

@@ -171,3 +171,19 @@ def test_torchrun_two_processes_match_one_on_shards(tmp_path):
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     torchrun([*args, "--out", str(tmp_path / "two")])
     assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+class _SharedInWorker(torch.utils.data.IterableDataset):
+    def __init__(self, src):
+        self.src = src
+
+    def __iter__(self):  # runs in the worker: is the batch already in shared memory before it is sent?
+        yield torch.tensor(self.src.batch([0, 1])["wave"].is_shared())
+
+
+def test_worker_batches_are_allocated_in_shared_memory(tmp_path):
+    src = _source(_shards(tmp_path, n=8))
+    flags = list(torch.utils.data.DataLoader(_SharedInWorker(src), batch_size=None, num_workers=1))
+    assert [bool(f) for f in flags] == [True] and not src.batch([0, 1])["wave"].is_shared()
+    got, inproc = _epoch(src, 0, 4, 2, workers=1), _epoch(src, 0, 4, 2, workers=0)
+    assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(got, inproc))

@@ -62,10 +62,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def shard_done(out: Path, k: int) -> bool:
+def shard_done(out: Path, k: int, recipe: dict | None = None) -> bool:
     """Shard ``k`` is complete: its ``.json`` exists and names its tar's size (the tar is renamed into place
     complete, then the ``.json`` is written: a killed run leaves no ``.json`` for an unfinished shard). The sha256
-    in the ``.json`` is for integrity checks; it is not recomputed here (a rerun would re-read every shard)."""
+    in the ``.json`` is for integrity checks; it is not recomputed here (a rerun would re-read every shard).
+    ``recipe`` (source spec, clip range, format, rate) must match the one the shard was made with."""
     meta, tar = out / f"shard-{k:06d}.json", out / f"shard-{k:06d}.tar"
     if not meta.is_file() or not tar.is_file():
         return False
@@ -73,6 +74,8 @@ def shard_done(out: Path, k: int) -> bool:
         info = json.loads(meta.read_text())
     except ValueError:
         return False
+    if recipe is not None and info.get("recipe") != recipe:
+        return False  # made from another source / shard size / format: redone, never mixed in
     return info.get("bytes") == tar.stat().st_size
 
 
@@ -86,7 +89,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def write_shard(ds, out: Path, k: int, first: int, last: int, fmt: str, sample_rate: int,
-                strict: bool = False) -> dict:
+                strict: bool = False, recipe: dict | None = None) -> dict:
     """Decode clips ``[first, last)`` of ``ds`` into ``out/shard-K.tar`` (atomically), then its ``.json``.
     Returns the shard's record: ``rows`` (index rows), ``bad`` (``[index, source, problem]``)."""
     from webdataset import TarWriter
@@ -122,14 +125,14 @@ def write_shard(ds, out: Path, k: int, first: int, last: int, fmt: str, sample_r
     tar = out / name
     os.replace(part, tar)
     record = {"shard": name, "bytes": tar.stat().st_size, "sha256": _sha256(tar), "rows": rows, "bad": bad,
-              "members": member_table(str(tar))}
+              "members": member_table(str(tar)), "recipe": recipe}
     _write_json_atomic(out / f"shard-{k:06d}.json", record)
     return record
 
 
 def _work(job: tuple) -> tuple[int, int, int]:
-    k, first, last, out, fmt, rate, strict = job
-    rec = write_shard(_SOURCE, Path(out), k, first, last, fmt, rate, strict)
+    k, first, last, out, fmt, rate, strict, recipe = job
+    rec = write_shard(_SOURCE, Path(out), k, first, last, fmt, rate, strict, recipe)
     return k, len(rec["rows"]), len(rec["bad"])
 
 
@@ -159,8 +162,17 @@ def prepare(
     ds = build_dataset(src_spec, train=False, sample_rate=sample_rate, on_error="raise")
     n = len(ds)
     num_shards = -(-n // shard_size)
-    jobs = [(k, k * shard_size, min(n, (k + 1) * shard_size), str(out), fmt, sample_rate, strict)
-            for k in range(num_shards) if not shard_done(out, k)]
+    def recipe(k: int) -> dict:
+        return {"source": src_spec, "clips": [k * shard_size, min(n, (k + 1) * shard_size)], "format": fmt,
+                "sample_rate": sample_rate}
+
+    jobs = [(k, k * shard_size, min(n, (k + 1) * shard_size), str(out), fmt, sample_rate, strict, recipe(k))
+            for k in range(num_shards) if not shard_done(out, k, recipe(k))]
+    for stale in sorted(out.glob("shard-*.tar")):  # shards past the end of a previous, larger run
+        number = stale.name[len("shard-") : -len(".tar")]
+        if number.isdigit() and int(number) >= num_shards:
+            raise ValueError(f"{out} holds {stale.name}, beyond the {num_shards} shards of {src_spec!r}: "
+                             "use an empty OUT_DIR for another source or shard size")
     if len(jobs) < num_shards:
         log(f"prepare: {num_shards - len(jobs)} of {num_shards} shards already complete in {out}; resuming")
     for stale in out.glob("shard-*.tar.part"):

@@ -53,6 +53,25 @@ def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> n
     return out
 
 
+def _batch_buffer(shape: tuple[int, int]) -> torch.Tensor:
+    """An uninitialized float32 tensor of ``shape``; in shared memory inside a DataLoader worker.
+
+    Why: a worker's batch is moved into shared memory when it is sent (allocation + copy + page faults of the
+    whole batch, 20 MB for 16 clips of 10 s); allocating it there from the start saves the copy.
+    ``UntypedStorage._new_shared`` is how torch's ``default_collate`` allocates worker batches; if a torch
+    version lacks it, the batch is allocated normally (and copied when sent, as any batch is).
+    """
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is not None:
+        try:
+            storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * 4)
+            return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+        except (AttributeError, RuntimeError):
+            pass
+    return torch.empty(shape, dtype=torch.float32)
+
+
 class ShardStream(AudioDataset):
     """WebDataset tar shards as a streaming source (module doc); also random access (``self[i]``) for
     ``prepare`` and evaluation.
@@ -200,11 +219,12 @@ class ShardStream(AudioDataset):
         took half the time). Here ``wave (B, clip_samples)`` is allocated once and PCM16 WAV members at the model
         rate are cropped as int16 and scaled straight into their row (``x = pcm / 32768``, the value of the decode
         path). Any other member, and any error, goes through ``self[i]`` (decoder, resampler, on_error policy).
-        One copy remains when a DataLoader worker sends the batch (into shared memory).
+        Inside a DataLoader worker the batch is allocated in shared memory, so sending it to the main process
+        copies nothing (what torch's own ``default_collate`` does in workers).
         """
         from .decode import parse_pcm16_wav
 
-        wave = torch.empty((len(ids), self.clip_samples), dtype=torch.float32)
+        wave = _batch_buffer((len(ids), self.clip_samples))
         rows = wave.numpy()
         samples = []
         for r, i in enumerate(int(i) for i in ids):
