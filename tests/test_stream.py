@@ -187,3 +187,18 @@ def test_worker_batches_are_allocated_in_shared_memory(tmp_path):
     assert [bool(f) for f in flags] == [True] and not src.batch([0, 1])["wave"].is_shared()
     got, inproc = _epoch(src, 0, 4, 2, workers=1), _epoch(src, 0, 4, 2, workers=0)
     assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(got, inproc))
+
+
+def test_cli_finetunes_and_evaluates_on_shards(tmp_path):
+    import json
+
+    from maskspec_fast.train.cli import main
+
+    pattern = _shards(tmp_path, n=12, seconds=0.35)
+    out = tmp_path / "ft"
+    args = ["finetune", "--data", f"webdataset:{pattern}", "--eval-data", f"webdataset:{pattern}", "--steps", "3",
+            "--batch-size", "4", "--set", "embed_dim=32", "--set", "depth=1", "--set", "num_heads=2",
+            "--workers", "2", "--out", str(out), *TINY]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["frontend"] == "stream" and "mAP" in json.dumps(summary["eval"])
