@@ -241,6 +241,7 @@ def run(args) -> list[dict]:
     base = {r["source"]: r["per_core"] for r in rows if r.get("status") == "ok" and r["workers"] == min(args.workers)}
     for r in rows:
         if r.get("status") == "ok":
+            r["logmel_device_s_per_s"] = mel["audio_s_per_s"]  # the same for every source: it runs after them
             r["cores_per_gpu"] = need / r["per_core"]
             ref = base.get("mp3 files")
             r["x_mp3_files"] = r["per_core"] / ref if ref else None
@@ -252,7 +253,8 @@ def run(args) -> list[dict]:
     print(f"one GPU consumes {rate:.0f} clips/s = {need:.0f} audio-s/s ({basis})")
     cols = [("source", "source"), ("workers", "workers"), ("audio_s_per_s", "audio-s/s"), ("min", "min"),
             ("max", "max"), ("per_core", "per core"), ("x_mp3_files", "x mp3 files"),
-            ("cores_per_gpu", "cores/GPU"), ("status", "status")]
+            ("cores_per_gpu", "cores/GPU"), ("logmel_device_s_per_s", f"log-mel {mel['device']}"),
+            ("status", "status")]
     print_table(rows, cols)
     write_json(args.results_file, {"env": env, "args": vars(args), "logmel": mel,
                                    "gpu": {"clips_per_s": rate, "audio_s_per_s": need, "basis": basis},

@@ -276,3 +276,11 @@ def test_hf_without_labels_is_unlabeled(tmp_path):
     assert ds.num_classes == 0 and int(ds[1]["label"]) == -1
     with pytest.raises(DatasetError, match="neither a save_to_disk folder"):
         build_dataset(f"hf:{tmp_path / 'nothing'}")
+
+
+def test_webdataset_single_label_option(tmp_path):
+    samples = [(f"s{i}", encode(tone(0.5, 440), "WAV"), [i % 2]) for i in range(4)]
+    pattern = make_shards(tmp_path / "s", samples, per_shard=4, fmt="wav")
+    ds = build_dataset(f"webdataset:{pattern}:multilabel=false", clip_seconds=0.5)
+    assert not ds.multilabel and [int(ds[i]["label"]) for i in range(4)] == [0, 1, 0, 1]
+    assert build_dataset(f"webdataset:{pattern}", clip_seconds=0.5)[1]["label"].tolist() == [0.0, 1.0]

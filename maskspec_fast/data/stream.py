@@ -82,6 +82,8 @@ class ShardStream(AudioDataset):
         classes: a class list file (one name per line, or AudioSet's ``class_labels_indices.csv``).
         num_classes: index labels ``0 .. C-1`` (when there is no class list).
         min_samples: shortest usable clip after resampling (default: one 16-frame patch).
+        multilabel: multi-hot labels (default; False for a single-label set: the first label, -1 if none;
+            a set written by ``prepare`` keeps its source's kind).
         Other options as :class:`AudioDataset` (``clip_seconds``, ``train``, ``seed``, ``on_error``).
 
     ``streaming = True`` tells the trainer to use :class:`~maskspec_fast.train.stream_input.StreamInput`.
@@ -100,6 +102,7 @@ class ShardStream(AudioDataset):
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         min_samples: int | None = None,
+        multilabel: bool | None = None,
         **kwargs,
     ):
         super().__init__(clip_seconds=clip_seconds, **kwargs)
@@ -111,7 +114,9 @@ class ShardStream(AudioDataset):
         self.index: ShardIndex = scan_shards(pattern, self.on_error, class_names, num_classes)
         self.class_names = self.index.class_names
         meta = self._prepared_meta()
-        if meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
+        if multilabel is not None:
+            self.multilabel = bool(multilabel)
+        elif meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
             self.multilabel = False
         self.bad = list(self.index.bad)
         self.shuffle_buffer = int(shuffle_buffer)
