@@ -5,6 +5,9 @@
     classes:/path/to/root                    ClassFolders (one sub-folder per class)
     esc50:/path/to/ESC-50:folds=1,2,3        ESC50
     manifest:/path/to/train.csv              Manifest (CSV or JSON lines, multi-label)
+    hdf5:/as/balanced.h5,/as/unbal.h5        HDF5Audio (PaSST / MaskSpec AudioSet HDF5 of mp3 bytes)
+    webdataset:/s/shard-{000000..000999}.tar ShardStream (tar shards, streamed; :shuffle_buffer=1000)
+    hf:/path/to/saved_dataset                HFAudio (datasets.save_to_disk folder or parquet files)
 
 Options after the argument are ``key=value`` separated by ``:``; values are parsed as int, float, bool
 (true/false/yes/no), comma lists of ints (``folds``) or left as strings. Keyword arguments of the call (e.g.
@@ -19,6 +22,9 @@ from typing import Any
 
 from .base import AudioDataset
 from .files import ESC50, AudioFolder, ClassFolders, Manifest
+from .hdf5 import HDF5Audio
+from .hf import HFAudio
+from .stream import ShardStream
 from .synthetic import SyntheticSounds
 
 KINDS = {
@@ -27,6 +33,9 @@ KINDS = {
     "classes": ClassFolders,
     "esc50": ESC50,
     "manifest": Manifest,
+    "hdf5": HDF5Audio,
+    "webdataset": ShardStream,
+    "hf": HFAudio,
 }
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -71,6 +80,9 @@ _EXAMPLE = {
     "classes": "/path/to/root",
     "esc50": "/path/to/ESC-50:folds=1,2,3,4",
     "manifest": "/path/to/train.csv",
+    "hdf5": "/data/balanced_train.h5,/data/unbalanced_train.h5",
+    "webdataset": "/data/shards/shard-{000000..000999}.tar",
+    "hf": "/data/audioset_hf",
 }
 
 

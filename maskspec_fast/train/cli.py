@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   # several processes (DDP; NCCL on GPUs, Gloo on CPU): --batch-size is the GLOBAL batch, split over processes
   torchrun --nproc_per_node 8 -m maskspec_fast.train pretrain --data folder:audio --batch-size 512 --out runs/pt
 data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1,2,3] | manifest:FILE(.csv|.jsonl)
+  | hdf5:FILE[,FILE] | webdataset:'DIR/shard-{000000..000099}.tar' (streamed) | hf:DIR  (issue 15; prepare shards
+  once with: python -m maskspec_fast.data prepare SRC_SPEC OUT_DIR)
 resume: --resume auto continues from the newest complete checkpoint in --out (model, optimizer, lr schedule,
   grad scaler, data position, RNG states; the torch front end resumes mid-epoch exactly, the DALI front end
   re-decodes the used part of the current epoch to reach the same position)

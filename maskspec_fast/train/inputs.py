@@ -156,6 +156,8 @@ def make_input(task_name: str, dataset, config, frontend: LogMel, device: torch.
 
     ``config``: a :class:`~maskspec_fast.train.config.TrainConfig`; ``info``: this process's ``DistInfo``.
     """
+    if getattr(dataset, "streaming", False):  # shard streams order and split themselves
+        return _stream_input(dataset, config, frontend, device, info, local_batch, batches_per_epoch, log)
     name, why = choose_frontend(config.frontend, dataset)
     log(f"front end: {name} ({why})")
     weights = None
@@ -174,6 +176,21 @@ def make_input(task_name: str, dataset, config, frontend: LogMel, device: torch.
                          fmax_jitter=frontend.fmax_jitter if jitter else 0.0)
     return TorchInput(dataset, frontend, local_batch, batches_per_epoch, workers=config.workers, seed=config.seed,
                       rank=info.rank, world_size=info.world_size, device=device, weights=weights)
+
+
+def _stream_input(dataset, config, frontend: LogMel, device: torch.device, info, local_batch: int,
+                  batches_per_epoch: int, log):
+    """Streaming sources (``webdataset:``): order and rank/worker split from the source itself."""
+    from .stream_input import StreamInput
+
+    if config.balanced_sampling:
+        raise ValueError("--balanced-sampling needs a map-style data set; streaming shards are read once per epoch "
+                         "in shard order (prepare a manifest, or train on hdf5:/hf: for weighted draws)")
+    if config.frontend == "dali":
+        raise ValueError("--frontend dali reads files; streaming shards use --frontend torch (or auto)")
+    log(f"front end: torch, streaming {len(dataset)} clips from {len(dataset.index.shards)} shard(s)")
+    return StreamInput(dataset, frontend, local_batch, batches_per_epoch, workers=config.workers, seed=config.seed,
+                       rank=info.rank, world_size=info.world_size, device=device)
 
 
 def choose_frontend(requested: str, dataset) -> tuple[str, str]:

@@ -1,0 +1,200 @@
+"""``hf:PATH``: a Hugging Face ``datasets`` audio set on disk, read with pyarrow (the ``[hf]`` extra).
+
+Accepted layouts (facts from the ``datasets`` docs and files):
+
+* ``Dataset.save_to_disk`` folder: ``state.json`` (``_data_files``: the Arrow files, IPC stream format),
+  ``dataset_info.json`` (``features``); a ``DatasetDict`` folder (``dataset_dict.json``) holds one such folder per
+  split (option ``split=``, default ``train``);
+* parquet: one ``.parquet`` file or a folder of them (recursively, sorted); the features are in the schema
+  metadata under ``huggingface`` (``{"info": {"features": ...}}``).
+
+The audio column (option ``audio=``; default: the feature of type ``Audio``, else the first struct column with
+a ``bytes`` field) holds ``{"bytes": file bytes, "path": name}``; a row without bytes is read from its ``path``.
+The label column (option ``label=``; default: a ``ClassLabel`` feature or a sequence of them, else a column
+named ``label`` / ``labels``) gives a single-label set (int, -1 for none) or a multi-label one (list); class
+names come from the ``ClassLabel`` feature. Without a label column the set is unlabeled (pre-training).
+Arrow files are memory-mapped; parquet is read one row group at a time (the last one is cached per process).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..frontend.audio import AudioFileError, load_audio
+from .base import AudioDataset, DatasetError
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DatasetError(f"hf: data sets need pyarrow: pip install 'maskspec_fast[hf]' ({e})") from e
+    return pa, pq
+
+
+def _inner(feature):
+    """The element feature of a sequence feature (``Sequence``/``List``/``LargeList`` or the ``[f]`` form)."""
+    if isinstance(feature, list) and feature:
+        return feature[0]
+    if isinstance(feature, dict) and feature.get("_type") in ("Sequence", "List", "LargeList"):
+        return feature.get("feature")
+    return None
+
+
+class HFAudio(AudioDataset):
+    """A ``datasets`` audio set (module doc) as an :class:`AudioDataset`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        clip_seconds: float = 10.0,
+        audio: str | None = None,
+        label: str | None = None,
+        split: str = "train",
+        min_samples: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(clip_seconds=clip_seconds, **kwargs)
+        from ..frontend.audio import MIN_SAMPLES
+
+        pa, pq = _pyarrow()
+        root = Path(path)
+        if (root / "dataset_dict.json").is_file():
+            root = root / split
+        self.root = root
+        self._cache: dict = {}
+        self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
+        self.pieces: list[tuple[str, str, int]] = []  # (kind, file, row group) ; kind: "arrow" | "parquet"
+        sizes: list[int] = []
+        features: dict = {}
+        if (root / "state.json").is_file():
+            state = json.loads((root / "state.json").read_text())
+            info = root / "dataset_info.json"
+            features = json.loads(info.read_text()).get("features", {}) if info.is_file() else {}
+            for entry in state.get("_data_files", []):
+                f = str(root / entry["filename"])
+                with pa.memory_map(f) as src:
+                    sizes.append(pa.ipc.open_stream(src).read_all().num_rows)
+                self.pieces.append(("arrow", f, 0))
+            schema = self._table(0).schema if self.pieces else None
+        else:
+            files = [root] if root.is_file() else sorted(root.rglob("*.parquet")) if root.is_dir() else []
+            if not files:
+                raise DatasetError(f"hf: {path} is neither a save_to_disk folder (state.json) nor parquet files")
+            schema = None
+            for f in files:
+                try:
+                    meta = pq.ParquetFile(str(f))
+                except Exception as e:  # pyarrow raises ArrowInvalid for a damaged / non-parquet file
+                    raise DatasetError(f"hf: {f} is not a readable parquet file ({e})") from e
+                schema = schema or meta.schema_arrow
+                for g in range(meta.num_row_groups):
+                    self.pieces.append(("parquet", str(f), g))
+                    sizes.append(meta.metadata.row_group(g).num_rows)
+            hf_meta = (schema.metadata or {}).get(b"huggingface")
+            if hf_meta:
+                features = json.loads(hf_meta).get("info", {}).get("features", {})
+        if schema is None or not sum(sizes):
+            raise DatasetError(f"hf: {path} holds no rows")
+        self.audio_col = audio or self._find_audio(features, schema)
+        self.label_col = label if label is not None else self._find_label(features, schema)
+        if self.audio_col not in schema.names:
+            raise DatasetError(f"hf: {path} has no column {self.audio_col!r} (columns: {schema.names})")
+        if self.label_col and self.label_col not in schema.names:
+            raise DatasetError(f"hf: {path} has no column {self.label_col!r} (columns: {schema.names})")
+        feat = features.get(self.label_col, {}) if self.label_col else {}
+        elem = _inner(feat)
+        self.multilabel = elem is not None or (bool(self.label_col) and pa.types.is_list(schema.field(self.label_col).type))
+        names = (elem or feat or {}).get("names") if isinstance(elem or feat, dict) else None
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if names is None and self.label_col:
+            values = [v for k in range(len(self.pieces)) for v in self._column(k, self.label_col)]
+            flat = [x for v in values for x in (v if isinstance(v, list) else [v]) if x is not None]
+            names = [str(c) for c in range(max(flat) + 1)] if flat else []
+        self.class_names = list(names or [])
+
+    # --------------------------------------------------------------------------------------- columns
+    @staticmethod
+    def _find_audio(features: dict, schema) -> str:
+        for name, f in features.items():
+            if isinstance(f, dict) and f.get("_type") == "Audio":
+                return name
+        import pyarrow as pa
+
+        for fld in schema:
+            if pa.types.is_struct(fld.type) and fld.type.get_field_index("bytes") >= 0:
+                return fld.name
+        raise DatasetError(f"hf: no audio column (an Audio feature or a struct with 'bytes'); columns: {schema.names}")
+
+    @staticmethod
+    def _find_label(features: dict, schema) -> str | None:
+        for name, f in features.items():
+            elem = _inner(f)
+            if (isinstance(f, dict) and f.get("_type") == "ClassLabel") or (
+                isinstance(elem, dict) and elem.get("_type") == "ClassLabel"
+            ):
+                return name
+        return next((n for n in ("label", "labels") if n in schema.names), None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    def _table(self, k: int):
+        """The Arrow table of piece ``k`` (memory-mapped Arrow file, or one parquet row group; cached)."""
+        pa, pq = _pyarrow()
+        key = (os.getpid(), k)
+        t = self._cache.get(key)
+        if t is None:
+            kind, f, g = self.pieces[k]
+            if kind == "arrow":
+                t = pa.ipc.open_stream(pa.memory_map(f)).read_all()
+            else:
+                t = pq.ParquetFile(f).read_row_group(g)
+                self._cache = {kk: v for kk, v in self._cache.items() if self.pieces[kk[1]][0] == "arrow"}
+            self._cache[key] = t
+        return t
+
+    def _column(self, k: int, col: str) -> list:
+        return self._table(k).column(col).to_pylist()
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self.starts, index, side="right") - 1)
+        return k, int(index - self.starts[k])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    # ---------------------------------------------------------------------------------------- samples
+    def _load(self, index: int) -> tuple[torch.Tensor, str]:
+        from .decode import decode_bytes
+
+        k, j = self._locate(index)
+        cell = self._table(k).column(self.audio_col)[j].as_py() or {}
+        name = f"{self.pieces[k][1]}:{j}:{cell.get('path') or ''}"
+        data = cell.get("bytes")
+        if data:
+            return decode_bytes(data, name, self.sample_rate, self.min_samples), name
+        p = cell.get("path")
+        if not p:
+            raise AudioFileError(name, "audio cell has neither bytes nor a path")
+        full = p if os.path.isabs(p) else str(self.root / p)
+        return load_audio(full, self.sample_rate, min_samples=self.min_samples), full
+
+    def _label(self, index: int) -> int | list[int]:
+        if not self.label_col:
+            return [] if self.multilabel else -1
+        k, j = self._locate(index)
+        v = self._table(k).column(self.label_col)[j].as_py()
+        if self.multilabel:
+            return sorted({int(x) for x in (v or []) if x is not None and int(x) >= 0})
+        return -1 if v is None else int(v)
+
+
+__all__ = ["HFAudio"]

@@ -1,0 +1,229 @@
+"""One-time preparation: decode every clip of any ``--data`` source once (mono, resampled to the model rate) and
+write WebDataset tar shards that train without decoding.
+
+Output folder::
+
+    shard-000000.tar ...   clips [k S, (k + 1) S) of the source (S = shard_size); members KEY.wav (or .flac)
+                           and KEY.json ({"labels": [class indices], "source": ..., "seconds": ...})
+    shard-000000.json ...  the shard's index rows, bad files and member table (key, field, offset, size, labels:
+                           the reader's index without a scan); written after its tar: its presence (with the tar's
+                           size matching) is what marks the shard complete
+    index.csv              key, shard, source, seconds, labels (';'-joined indices), checksum (sha256 of the audio
+                           member)
+    bad_files.csv          index, source, problem: clips of the source that could not be decoded (left out)
+    dataset.json           class names, rate, format, counts, the source spec and the --data spec of the output
+
+Format choice (``benchmarks/input_pipeline.py``): 16-bit PCM WAV members are read with ``np.frombuffer`` (no
+decoder; :func:`~maskspec_fast.data.decode.parse_pcm16_wav`), FLAC halves the size but costs a decode.
+
+Resumable and atomic: a shard is written to ``shard-K.tar.part`` and renamed when complete, and its ``.json``
+follows; a rerun (after a kill) skips the shards whose ``.json`` matches their tar and redoes the rest, so a
+half-written shard never looks complete. Shards are built in parallel by ``workers`` processes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ..frontend.audio import SAMPLE_RATE, AudioFileError
+from .decode import encode_pcm16_wav
+
+FORMATS = ("wav", "flac")
+_SOURCE: Any = None  # the data set, shared with forked workers
+
+
+def _key(index: int, source: str) -> str:
+    """A unique webdataset key: the clip index and the source's base name without dots (a dot ends the key)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(source.split(":")[-1] or "clip").stem)[:64]
+    return f"{index:09d}_{stem}"
+
+
+def _encode(wave, fmt: str, sample_rate: int) -> bytes:
+    if fmt == "wav":
+        return encode_pcm16_wav(wave, sample_rate)
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave.numpy(), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_done(out: Path, k: int, recipe: dict | None = None) -> bool:
+    """Shard ``k`` is complete: its ``.json`` exists and names its tar's size (the tar is renamed into place
+    complete, then the ``.json`` is written: a killed run leaves no ``.json`` for an unfinished shard). The sha256
+    in the ``.json`` is for integrity checks; it is not recomputed here (a rerun would re-read every shard).
+    ``recipe`` (source spec, clip range, format, rate) must match the one the shard was made with."""
+    meta, tar = out / f"shard-{k:06d}.json", out / f"shard-{k:06d}.tar"
+    if not meta.is_file() or not tar.is_file():
+        return False
+    try:
+        info = json.loads(meta.read_text())
+    except ValueError:
+        return False
+    if recipe is not None and info.get("recipe") != recipe:
+        return False  # made from another source / shard size / format: redone, never mixed in
+    return info.get("bytes") == tar.stat().st_size
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(ds, out: Path, k: int, first: int, last: int, fmt: str, sample_rate: int,
+                strict: bool = False, recipe: dict | None = None) -> dict:
+    """Decode clips ``[first, last)`` of ``ds`` into ``out/shard-K.tar`` (atomically), then its ``.json``.
+    Returns the shard's record: ``rows`` (index rows), ``bad`` (``[index, source, problem]``)."""
+    from webdataset import TarWriter
+
+    name = f"shard-{k:06d}.tar"
+    part = out / f"{name}.part"
+    rows, bad = [], []
+    with open(part, "wb") as fh:
+        writer = TarWriter(fh, mtime=0)  # mtime fixed: the same input gives byte-identical shards
+        for i in range(first, last):
+            try:
+                wave, source = ds._load(i)
+                labels = ds._label(i)
+                source = source or f"{type(ds).__name__}:{i}"  # generated clips have no path
+            except AudioFileError as e:
+                if strict:
+                    raise
+                bad.append([i, e.path, e.problem])
+                continue
+            labels = [int(c) for c in (labels if isinstance(labels, (list, tuple)) else [labels]) if int(c) >= 0]
+            key = _key(i, source)
+            audio = _encode(wave, fmt, sample_rate)
+            seconds = wave.shape[0] / sample_rate
+            writer.write({"__key__": key, fmt: audio,
+                          "json": {"labels": labels, "source": source, "seconds": seconds}})
+            rows.append([key, name, source, f"{seconds:.6f}", ";".join(map(str, labels)),
+                         hashlib.sha256(audio).hexdigest()])
+        writer.close()
+        fh.flush()
+        os.fsync(fh.fileno())
+    from .shards import member_table
+
+    tar = out / name
+    os.replace(part, tar)
+    record = {"shard": name, "bytes": tar.stat().st_size, "sha256": _sha256(tar), "rows": rows, "bad": bad,
+              "members": member_table(str(tar)), "recipe": recipe}
+    _write_json_atomic(out / f"shard-{k:06d}.json", record)
+    return record
+
+
+def _work(job: tuple) -> tuple[int, int, int]:
+    k, first, last, out, fmt, rate, strict, recipe = job
+    rec = write_shard(_SOURCE, Path(out), k, first, last, fmt, rate, strict, recipe)
+    return k, len(rec["rows"]), len(rec["bad"])
+
+
+def prepare(
+    src_spec: str,
+    out_dir: str | os.PathLike,
+    shard_size: int = 1000,
+    workers: int = 1,
+    fmt: str = "wav",
+    sample_rate: int = SAMPLE_RATE,
+    progress: bool = True,
+    strict: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Prepare ``src_spec`` into ``out_dir`` (module doc); returns the summary written to ``dataset.json``."""
+    global _SOURCE
+    from tqdm import tqdm
+
+    from .spec import build_dataset
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if shard_size <= 0:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = build_dataset(src_spec, train=False, sample_rate=sample_rate, on_error="raise")
+    n = len(ds)
+    num_shards = -(-n // shard_size)
+    def recipe(k: int) -> dict:
+        return {"source": src_spec, "clips": [k * shard_size, min(n, (k + 1) * shard_size)], "format": fmt,
+                "sample_rate": sample_rate}
+
+    jobs = [(k, k * shard_size, min(n, (k + 1) * shard_size), str(out), fmt, sample_rate, strict, recipe(k))
+            for k in range(num_shards) if not shard_done(out, k, recipe(k))]
+    for stale in sorted(out.glob("shard-*.tar")):  # shards past the end of a previous, larger run
+        number = stale.name[len("shard-") : -len(".tar")]
+        if number.isdigit() and int(number) >= num_shards:
+            raise ValueError(f"{out} holds {stale.name}, beyond the {num_shards} shards of {src_spec!r}: "
+                             "use an empty OUT_DIR for another source or shard size")
+    if len(jobs) < num_shards:
+        log(f"prepare: {num_shards - len(jobs)} of {num_shards} shards already complete in {out}; resuming")
+    for stale in out.glob("shard-*.tar.part"):
+        stale.unlink()  # a killed run's half-written shard: redone below
+    _SOURCE = ds
+    bar = tqdm(total=n, initial=n - sum(j[2] - j[1] for j in jobs), unit="clip", desc="prepare",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                k, good, nbad = _work(job)
+                bar.update(job[2] - job[1])
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+                sizes = {j[0]: j[2] - j[1] for j in jobs}
+                for k, _, _ in pool.imap_unordered(_work, jobs):
+                    bar.update(sizes[k])
+    finally:
+        bar.close()
+        _SOURCE = None
+    return _finish(out, num_shards, ds, src_spec, fmt, sample_rate, log)
+
+
+def _finish(out: Path, num_shards: int, ds, src_spec: str, fmt: str, sample_rate: int, log) -> dict:
+    """Merge the shard records into ``index.csv``, ``bad_files.csv`` and ``dataset.json``; print the spec."""
+    rows, bad = [], []
+    for k in range(num_shards):
+        rec = json.loads((out / f"shard-{k:06d}.json").read_text())
+        rows += rec["rows"]
+        bad += rec["bad"]
+    for name, header, body in (("index.csv", ["key", "shard", "source", "seconds", "labels", "checksum"], rows),
+                               ("bad_files.csv", ["index", "source", "problem"], bad)):
+        tmp = out / f".{name}.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(body)
+        os.replace(tmp, out / name)
+    spec = f"webdataset:{out}/shard-{{{0:06d}..{num_shards - 1:06d}}}.tar" if num_shards > 1 else \
+        f"webdataset:{out}/shard-000000.tar"
+    summary = {"spec": spec, "source_spec": src_spec, "format": fmt, "sample_rate": sample_rate,
+               "num_clips": len(rows), "bad_clips": len(bad), "num_shards": num_shards,
+               "seconds": round(sum(float(r[3]) for r in rows), 3),
+               "class_names": list(getattr(ds, "class_names", [])), "multilabel": bool(getattr(ds, "multilabel", False))}
+    _write_json_atomic(out / "dataset.json", summary)
+    log(f"prepare: {len(rows)} clips ({summary['seconds'] / 3600:.2f} h) in {num_shards} shard(s) under {out}"
+        + (f"; {len(bad)} bad clip(s) left out, listed in {out / 'bad_files.csv'}" if bad else ""))
+    log(f"train on it with: --data {spec}")
+    return summary
+
+
+__all__ = ["FORMATS", "prepare", "shard_done", "write_shard"]

@@ -1,0 +1,125 @@
+"""Test inputs built the way their producers build them: AudioSet HDF5 files of real mp3 bytes (h5py, vlen
+uint8, packbits targets), WebDataset tar shards (webdataset.TarWriter, KEY.flac + KEY.json), Hugging Face
+parquet / save_to_disk files (pyarrow, with the features metadata ``datasets`` writes)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+RATE = 32000
+
+
+def tone(seconds: float, freq: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    """A (N,) float32 tone plus a little noise, amplitude ~0.3."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def encode(wave: np.ndarray, fmt: str, rate: int = RATE) -> bytes:
+    """The bytes of a real audio file (libsndfile's encoders: MP3, FLAC, WAV PCM16, OGG)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    subtype = {"FLAC": "PCM_16", "WAV": "PCM_16"}.get(fmt)
+    sf.write(buf, wave, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def make_hdf5(path: Path, names: list[str], waves: list[np.ndarray], labels: list[list[int]] | None,
+              num_classes: int = 527, rate: int = RATE) -> list[bytes]:
+    """An HDF5 file in the PaSST / MaskSpec layout; returns the mp3 bytes written (one per clip)."""
+    import h5py
+
+    mp3s = [encode(w, "MP3", rate) for w in waves]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("audio_name", data=np.array([n.encode() for n in names], dtype="S20"))
+        d = f.create_dataset("mp3", shape=(len(names),), dtype=h5py.vlen_dtype(np.dtype("uint8")))
+        for i, b in enumerate(mp3s):
+            d[i] = np.frombuffer(b, dtype=np.uint8)
+        if labels is not None:
+            hot = np.zeros((len(names), num_classes), dtype=np.uint8)
+            for i, labs in enumerate(labels):
+                hot[i, labs] = 1
+            f.create_dataset("target", data=np.packbits(hot, axis=1))
+    return mp3s
+
+
+def make_shards(folder: Path, samples: list[tuple[str, bytes, object]], per_shard: int, fmt: str = "flac",
+                prefix: str = "shard") -> str:
+    """Tar shards of ``(key, audio bytes, labels or None)``; returns the brace pattern."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = -(-len(samples) // per_shard)
+    for s in range(n):
+        with open(folder / f"{prefix}-{s:06d}.tar", "wb") as fh:
+            w = wds.TarWriter(fh, mtime=0)
+            for key, audio, labels in samples[s * per_shard : (s + 1) * per_shard]:
+                sample = {"__key__": key, fmt: audio}
+                if labels is not None:
+                    sample["json"] = {"labels": labels}
+                w.write(sample)
+            w.close()
+    return str(folder / f"{prefix}-{{000000..{n - 1:06d}}}.tar")
+
+
+def hf_features(rate: int, names: list[str] | None, multilabel: bool = False) -> dict:
+    feats = {"audio": {"sampling_rate": rate, "_type": "Audio"}}
+    if names is not None:
+        cl = {"names": names, "_type": "ClassLabel"}
+        feats["label"] = {"feature": cl, "_type": "Sequence"} if multilabel else cl
+    return feats
+
+
+def hf_table(audio: list[bytes], paths: list[str], labels, names, rate: int = RATE, multilabel: bool = False):
+    import pyarrow as pa
+
+    cols = {"audio": pa.array([{"bytes": b, "path": p} for b, p in zip(audio, paths)],
+                              type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
+    if labels is not None:
+        cols["label"] = pa.array(labels, type=pa.list_(pa.int64()) if multilabel else pa.int64())
+    table = pa.table(cols)
+    meta = {"info": {"features": hf_features(rate, names, multilabel)}}
+    return table.replace_schema_metadata({"huggingface": json.dumps(meta)})
+
+
+def make_hf_parquet(folder: Path, table, rows_per_group: int = 3) -> Path:
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "train-00000-of-00001.parquet", row_group_size=rows_per_group)
+    return folder
+
+
+def make_hf_saved(folder: Path, table, names, rate: int = RATE, multilabel: bool = False) -> Path:
+    """The ``Dataset.save_to_disk`` layout: an Arrow IPC stream file, dataset_info.json, state.json."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=2)
+    (folder / "dataset_info.json").write_text(json.dumps({"features": hf_features(rate, names, multilabel)}))
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
+                                                   "_fingerprint": "0", "_format_type": None}))
+    return folder
+
+
+def decode_ref(data: bytes, rate: int = RATE) -> np.ndarray:
+    """libsndfile's decode of ``data`` via a real file path (the load_audio route), float32 mono at ``rate``."""
+    import tempfile
+
+    import soundfile as sf
+
+    from maskspec_fast.frontend.audio import load_audio
+
+    info = sf.info(io.BytesIO(data))
+    ext = {"MP3": ".mp3", "FLAC": ".flac", "WAV": ".wav", "OGG": ".ogg"}[info.format]
+    with tempfile.NamedTemporaryFile(suffix=ext) as f:
+        f.write(data)
+        f.flush()
+        return load_audio(f.name, rate).numpy()
