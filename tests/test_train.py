@@ -332,4 +332,5 @@ def test_pretraining_uses_the_models_own_mask_ratio(tmp_path):
     got = task.loss(model, spec, None, noise=noise)
     want = model(spec, mask_ratio=0.5, noise=noise[:, 0])[0]
     other = model(spec, mask_ratio=0.75, noise=noise[:, 0])[0]
-    assert torch.equal(got, want) and not torch.equal(got, other)
+    # the training step scores masked patches only (another summation order than the full prediction's loss)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7) and not torch.allclose(got, other, rtol=1e-3)
