@@ -24,6 +24,8 @@ INSTALL_HINT = 'the Hugging Face Hub needs huggingface_hub: pip install "maskspe
 def _hf() -> Any:
     try:
         import huggingface_hub
+        import huggingface_hub.constants  # noqa: F401  (submodules the lazy package does not expose)
+        import huggingface_hub.errors  # noqa: F401
     except ImportError as e:
         raise ImportError(INSTALL_HINT) from e
     return huggingface_hub
