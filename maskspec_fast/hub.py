@@ -60,11 +60,15 @@ def resolve_pretrained(name: str | os.PathLike, revision: str | None = None) -> 
             raise ValueError(f"{p}: revision={revision!r} applies to hub repo ids, not to a local directory")
         return p
     if not is_repo_id(name):
-        raise FileNotFoundError(f"{p}: no such directory, and not a Hugging Face Hub repo id of the form 'org/name'")
+        raise FileNotFoundError(
+            f"{p / CONFIG_NAME}: missing ({p} is no save_pretrained directory, and not a Hugging Face Hub repo id "
+            "of the form 'org/name')"
+        )
     hf = _hf()
     errors = hf.errors
     repo_id = os.fspath(name)
-    where = f"Hugging Face Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    where = (f"{repo_id!r} is no local directory; as a Hugging Face Hub repo {repo_id!r}"
+             + (f" at revision {revision!r}" if revision else ""))
     try:
         snap = hf.snapshot_download(
             repo_id,
