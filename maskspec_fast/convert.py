@@ -35,6 +35,8 @@ def _plain_flags(args: Any) -> dict[str, Any] | None:
 def trusted_to_safe_pth(src: str, dst: str) -> None:
     """Fully unpickle ``src`` (trusted!) and write ``{"model": state, "args": plain flags}`` to ``dst``."""
     obj = torch.load(src, map_location="cpu", weights_only=False)
+    if isinstance(obj, torch.nn.Module):  # torch.save(model): needs the model's class importable here
+        obj = obj.state_dict()
     if isinstance(obj, dict):
         state = next((obj[k] for k in ("model", "state_dict", "model_state") if isinstance(obj.get(k), dict)), obj)
         args = _plain_flags(obj.get("args"))

@@ -77,16 +77,55 @@ SAFE_GLOBALS: list[Any] = [
 ]
 
 
+def _pickle_globals(path: str | os.PathLike) -> set[str]:
+    """``module.name`` of every global a plain (non-zip) pickle file references, read with ``pickletools``
+    (opcodes only; nothing is executed). ``STACK_GLOBAL`` takes the two strings pushed before it."""
+    import io
+    import pickletools
+
+    found: set[str] = set()
+    data = io.BytesIO(open(path, "rb").read())
+    while data.tell() < len(data.getvalue()):  # legacy torch.save files are several pickles in a row
+        strings: list[str] = []
+        memo: dict[int, str] = {}
+        try:
+            for op, arg, _ in pickletools.genops(data):
+                if op.name == "GLOBAL":
+                    found.add(str(arg).replace(" ", "."))
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                    strings.append(memo[arg])
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.add(f"{strings[-2]}.{strings[-1]}")
+        except Exception:
+            break
+    return found
+
+
 def _forbidden_globals(path: str | os.PathLike, err: Exception) -> list[str]:
-    """The pickled globals outside the allowlist: from torch's message, else by scanning the archive."""
+    """The pickled globals outside the allowlist: from torch's message, else by scanning the file's opcodes."""
+    import zipfile
+
     found = re.findall(r"(?:Unsupported global: GLOBAL|GLOBAL) ([\w.]+)", str(err))
     if found:
         return sorted(set(found))
     try:
-        allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+        if zipfile.is_zipfile(path):
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        else:
+            names = _pickle_globals(path)
     except Exception:
         return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    # what every tensor checkpoint pickles (weights-only accepts these); a pickled nn.Module etc. stays listed
+    plain = re.compile(
+        r"^(collections\.OrderedDict|torch\._utils\._rebuild\w*|torch\.\w*Storage|torch\.device|torch\.Size"
+        r"|torch\.(b?float\d*|u?int\d+|bool|half|double|long))$"
+    )
+    return sorted(n for n in names - allowed if not plain.match(n))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Any:

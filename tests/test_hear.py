@@ -34,6 +34,14 @@ def test_resample_on_device_matches_reference(orig, n):
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
 
 
+@pytest.mark.gpu
+def test_resample_on_device_stays_on_the_gpu():
+    wave = torch.rand(4, 48000, device="cuda") * 2 - 1
+    out = resample_on_device(wave, 48000, 32000)
+    assert out.device == wave.device
+    torch.testing.assert_close(out.cpu(), resample(wave.cpu(), 48000, 32000), atol=2e-6, rtol=0)
+
+
 def test_timestamp_embeddings_are_shifted_patch_columns(tmp_path):
     Model(tiny()).save_pretrained(tmp_path / "pt")
     model = load_model(str(tmp_path / "pt"))
