@@ -128,6 +128,8 @@ def push_to_hub(
     hf = _hf()
     api = hf.HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None:  # a branch that does not exist yet is created from main
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="maskspec_push_") as tmp:
         model.save_pretrained(tmp)
         (Path(tmp) / "README.md").write_text(model_card(model, repo_id))

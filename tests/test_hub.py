@@ -70,6 +70,16 @@ def test_classifier_repo_and_local_dir_still_work(tmp_path, offline_cache):
     assert torch.equal(Classifier.from_pretrained(tmp_path / "clf").eval()(x), clf(x))
 
 
+def test_hf_home_locates_the_cache(tmp_path, monkeypatch):
+    m = Model(tiny())
+    m.save_pretrained(tmp_path / "m")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    put_in_cache(tmp_path / "home" / "hub", "org/m", tmp_path / "m", "f" * 40)
+    assert _same(Model.from_pretrained("org/m"), m)
+
+
 def test_unresolvable_ids_are_clear_errors(tmp_path, offline_cache):
     Model(tiny()).save_pretrained(tmp_path / "m")
     put_in_cache(offline_cache, "org/m", tmp_path / "m", "d" * 40)
@@ -103,6 +113,9 @@ def test_push_to_hub_uploads_what_from_pretrained_reads(tmp_path, monkeypatch):
         def create_repo(self, repo_id, **kw):
             calls["create"] = (repo_id, kw)
 
+        def create_branch(self, repo_id, *, branch, **kw):
+            calls["branch"] = (repo_id, branch, kw.get("exist_ok"))
+
         def upload_folder(self, *, repo_id, folder_path, **kw):
             calls["upload"] = (repo_id, kw)
             calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
@@ -116,6 +129,7 @@ def test_push_to_hub_uploads_what_from_pretrained_reads(tmp_path, monkeypatch):
     assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
     assert calls["create"] == ("me/maskspec-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert calls["upload"][1]["revision"] == "dev" and calls["token"] == "hf_x"
+    assert calls["branch"] == ("me/maskspec-tiny", "dev", True)
     assert "Model.from_pretrained('me/maskspec-tiny')" in calls["card"]
     with pytest.raises(ValueError, match="repo id"):
         Model(tiny()).push_to_hub("no-slash")
