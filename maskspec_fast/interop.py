@@ -366,6 +366,12 @@ def classifier_from_mae(
         except RuntimeError as e:
             raise ValueError(f"{path}: does not match a MaskSpec Classifier ({e})") from e
     else:
+        if head is not None and "fc_norm.weight" not in state:
+            warnings.warn(
+                f"{path}: a ViT fine-tuned with CLS-token pooling (norm + head, no fc_norm); a MaskSpec Classifier "
+                "mean-pools into fc_norm, so only the encoder is loaded and fc_norm/head start fresh",
+                stacklevel=3,
+            )
         clf.load_encoder(state)
     clf.source = {"path": str(path), "producer": ck.producer, "epoch": ck.epoch}
     return clf

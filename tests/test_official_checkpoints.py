@@ -166,6 +166,16 @@ def test_official_finetune_checkpoint_with_ddp_prefix(tmp_path):
     assert torch.equal(enc.blocks[1].mlp.fc2.weight, clf.blocks[1].mlp.fc2.weight) and enc.head.out_features == 7
 
 
+def test_cls_token_pooled_vit_loads_encoder_only_and_says_so(tmp_path):
+    clf = Classifier(tiny(), num_classes=5)
+    sd = {k: v for k, v in clf.state_dict().items() if not k.startswith("fc_norm.")}
+    sd["norm.weight"], sd["norm.bias"] = torch.ones(192), torch.zeros(192)  # timm ViT with global_pool=False
+    torch.save({"model": sd, "args": maskspec_finetune_args()}, tmp_path / "cls.pth")
+    with pytest.warns(UserWarning, match="CLS-token pooling"):
+        clf2 = Classifier.from_mae_checkpoint(tmp_path / "cls.pth")
+    assert torch.equal(clf2.blocks[0].attn.qkv.weight, clf.blocks[0].attn.qkv.weight)
+
+
 def test_allowlist_is_minimal():
     names = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
     assert "argparse.Namespace" in names
