@@ -1,5 +1,6 @@
 # Everything a fresh machine needs, from this repository's own files.
-#   make test   - create .venv (+ .venv-timm for the timm interop test), install pinned CPU dependencies + the package
+#   make test   - create .venv (+ .venv-timm for the timm interop test), install pinned CPU dependencies (+ the HEAR
+#                 validator, --no-deps) + the package
 #                 (C++ extension built when possible), run the tests
 #   make demo   - the main job: pre-train MaskSpec-tiny on built-in sounds, fine-tune, print the accuracy
 #   make bench  - CPU benchmarks (throughput, kernels, patchify, front end)
@@ -13,9 +14,10 @@ PYTEST_ARGS ?=
 
 .PHONY: install test demo bench lint clean
 
-$(VENV)/.installed: requirements-ci.txt pyproject.toml setup.py
+$(VENV)/.installed: requirements-ci.txt requirements-hear.txt pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q -r requirements-ci.txt
+	$(VPY) -m pip install -q --no-deps -r requirements-hear.txt  # the HEAR validator without tensorflow (see file)
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -209,8 +209,26 @@ class Model(_Encoder):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         return save_dir(directory, self.state_dict(), {"model_type": "pretrain", "config": self.config.to_dict()})
 
+    def save_mae_checkpoint(self, path: str | os.PathLike) -> str:
+        """Write ``{"model": state_dict}`` (``.pth``) that MAE-style code loads with ``strict=True``."""
+        from .interop import save_mae_checkpoint
+
+        return save_mae_checkpoint(self.state_dict(), path)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload ``save_pretrained``'s files to the Hugging Face Hub (see :func:`maskspec_fast.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, fused: bool | None = None, **overrides: Any) -> Model:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, fused: bool | None = None, revision: str | None = None, **overrides: Any
+    ) -> Model:
+        """A ``save_pretrained`` directory, or a Hugging Face Hub repo id ``"org/name"`` (``revision=``)."""
+        from .hub import resolve_pretrained
+
+        directory = resolve_pretrained(directory, revision=revision)
         state, meta = load_dir(directory)
         if meta.get("model_type") != "pretrain":
             raise ValueError(f"{directory}: holds a {meta.get('model_type')!r} model, not a pre-training Model")
@@ -220,17 +238,14 @@ class Model(_Encoder):
         return model
 
     @classmethod
-    def from_mae_checkpoint(cls, path: str | os.PathLike, fused: bool | None = None, **overrides: Any) -> Model:
-        """Load a MAE-style pre-training ``.pth`` (weights only); positional tables of other grids are resized."""
-        from .interop import infer_config, read_state_dict
+    def from_mae_checkpoint(
+        cls, path: str | os.PathLike, fused: bool | None = None, producer: str = "auto", **overrides: Any
+    ) -> Model:
+        """Load a MAE-family pre-training ``.pth`` (official MaskSpec/AudioMAE training checkpoints included; see
+        :mod:`maskspec_fast.interop` for the safe loading policy and supported producers)."""
+        from .interop import pretrain_from_mae
 
-        state = read_state_dict(path)
-        model = cls(infer_config(state, **overrides), fused=fused)
-        try:
-            model.load_state_dict(_fit_pos_tables(state, model), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: does not match a MaskSpec pre-training model ({e})") from e
-        return model
+        return pretrain_from_mae(cls, path, fused, producer, overrides)
 
     def describe(self) -> dict[str, str]:
         """Which implementation each op of this instance uses."""
@@ -380,15 +395,32 @@ class Classifier(_Encoder):
         meta = {"model_type": "classifier", "config": self.config.to_dict(), "num_classes": self.num_classes}
         return save_dir(directory, self.state_dict(), meta)
 
+    def save_mae_checkpoint(self, path: str | os.PathLike) -> str:
+        """Write ``{"model": state_dict}`` (``.pth``) that MAE-style code loads with ``strict=True``."""
+        from .interop import save_mae_checkpoint
+
+        return save_mae_checkpoint(self.state_dict(), path)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload ``save_pretrained``'s files to the Hugging Face Hub (see :func:`maskspec_fast.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
         directory: str | os.PathLike,
         num_classes: int | None = None,
         fused: bool | None = None,
+        revision: str | None = None,
         **overrides: Any,
     ) -> Classifier:
-        """Load a saved Classifier, or start one from a saved pre-training Model (then ``num_classes`` is needed)."""
+        """Load a saved Classifier, or start one from a saved pre-training Model (then ``num_classes`` is needed).
+        ``directory`` may be a Hugging Face Hub repo id ``"org/name"`` (``revision=``)."""
+        from .hub import resolve_pretrained
+
+        directory = resolve_pretrained(directory, revision=revision)
         state, meta = load_dir(directory)
         config = ModelConfig.from_dict({**meta["config"], **overrides})
         kind = meta.get("model_type")
@@ -410,24 +442,18 @@ class Classifier(_Encoder):
 
     @classmethod
     def from_mae_checkpoint(
-        cls, path: str | os.PathLike, num_classes: int | None = None, fused: bool | None = None, **overrides: Any
+        cls,
+        path: str | os.PathLike,
+        num_classes: int | None = None,
+        fused: bool | None = None,
+        producer: str = "auto",
+        **overrides: Any,
     ) -> Classifier:
-        """Start from a MAE-style ``.pth``: a fine-tuned one (with ``head``) loads whole when ``num_classes`` matches
+        """Start from a MAE-family ``.pth``: a fine-tuned one (with ``head``) loads whole when ``num_classes`` matches
         or is None; otherwise (pre-training checkpoints) the encoder loads and the head starts fresh."""
-        from .interop import infer_config, read_state_dict
+        from .interop import classifier_from_mae
 
-        state = read_state_dict(path)
-        head = state.get("head.weight")
-        n = num_classes if num_classes is not None else (head.shape[0] if head is not None else None)
-        if n is None:
-            raise ValueError(f"{path}: has no classification head; pass num_classes")
-        clf = cls(infer_config(state, **overrides), n, fused=fused)
-        if head is not None and head.shape[0] == n and "fc_norm.weight" in state:
-            own = {k: v for k, v in state.items() if k in clf.state_dict()}
-            clf.load_state_dict(_fit_pos_tables(own, clf), strict=True)
-        else:
-            clf.load_encoder(state)
-        return clf
+        return classifier_from_mae(cls, path, num_classes, fused, producer, overrides)
 
     def describe(self) -> dict[str, str]:
         return self.ops.report
