@@ -130,7 +130,9 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         for i in range(BATCH_CHUNK):
             b = chunk * BATCH_CHUNK + i
-            rows_ok = pmask & (b < B)
+            # (BLOCK_L,) block of b, compared lane by lane: a scalar comparison broadcast onto pmask keeps an
+            # int64 payload in the interpreter, which Triton >= 3.9 rejects as a load mask
+            rows_ok = pmask & (tl.zeros((BLOCK_L,), dtype=tl.int64) + b < B)
             j = tl.load(inv_ptr + b * stride_inb + patch, mask=rows_ok, other=K)  # K: removed (or no such row)
             kept = j < K
             g = tl.load(gout_ptr + (b * stride_gb + j * stride_gk)[:, None] + cols[None, :],
@@ -200,7 +202,9 @@ if HAS_TRITON:
         acc_pos = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         for i in range(BATCH_CHUNK):
             b = chunk * BATCH_CHUNK + i
-            rows_ok = pmask & (b < B)
+            # (BLOCK_L,) block of b, compared lane by lane: a scalar comparison broadcast onto pmask keeps an
+            # int64 payload in the interpreter, which Triton >= 3.9 rejects as a load mask
+            rows_ok = pmask & (tl.zeros((BLOCK_L,), dtype=tl.int64) + b < B)
             j = tl.load(ids_ptr + b * stride_ib + patch, mask=rows_ok, other=K)
             kept = j < K
             g = tl.load(gout_ptr + (b * stride_gb + patch * stride_gl)[:, None] + cols[None, :],
