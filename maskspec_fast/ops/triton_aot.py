@@ -74,14 +74,17 @@ class Compiled:
 class _Recorder:
     """Stands in for a ``@triton.jit`` kernel: ``rec[grid](*args, **kwargs)`` stores the call, runs nothing."""
 
-    def __init__(self, module: str, name: str, sink: list[Launch], tag: Callable[[], tuple[str, str]]):
-        self.module, self.name, self.sink, self.tag = module, name, sink, tag
+    def __init__(self, module: str, name: str, sink: list[Launch], tag: Callable[[], tuple[str, str]],
+                 on_launch: Callable[[Launch], None] | None = None):
+        self.module, self.name, self.sink, self.tag, self.on_launch = module, name, sink, tag, on_launch
 
     def __getitem__(self, grid):
         def call(*args, **kwargs):
             case, dtype = self.tag()
             g = tuple(grid) if isinstance(grid, (tuple, list)) else (grid,)
             self.sink.append(Launch(self.module, self.name, case, dtype, g, args, kwargs))
+            if self.on_launch is not None:
+                self.on_launch(self.sink[-1])
 
         return call
 
@@ -94,18 +97,23 @@ def _kernel_modules() -> dict[str, Any]:
 
 
 def jit_functions() -> dict[str, list[str]]:
-    """Names of the ``@triton.jit`` objects of each kernel module: kernels (``*_kernel``) and device helpers."""
-    from triton.runtime.jit import JITFunction
+    """Names of the ``@triton.jit`` objects of each kernel module: kernels (``*_kernel``) and device helpers.
+
+    ``KernelInterface`` covers both forms ``@triton.jit`` returns: ``JITFunction`` and, under
+    ``TRITON_INTERPRET=1``, ``InterpretedFunction``."""
+    from triton.runtime.jit import KernelInterface
 
     out = {}
     for mname, mod in _kernel_modules().items():
-        out[mname] = sorted(n for n, v in vars(mod).items() if isinstance(v, JITFunction))
+        out[mname] = sorted(n for n, v in vars(mod).items() if isinstance(v, KernelInterface))
     return out
 
 
 @contextlib.contextmanager
-def record_launches(sink: list[Launch], tag: Callable[[], tuple[str, str]]) -> Iterator[None]:
-    """Swap every ``*_kernel`` of the kernel modules for a :class:`_Recorder` for the duration."""
+def record_launches(sink: list[Launch], tag: Callable[[], tuple[str, str]],
+                    on_launch: Callable[[Launch], None] | None = None) -> Iterator[None]:
+    """Swap every ``*_kernel`` of the kernel modules for a :class:`_Recorder` for the duration; ``on_launch`` is
+    called at each launch, while the launcher's context (e.g. its device guard) is still open."""
     saved = []
     try:
         for mname, names in jit_functions().items():
@@ -113,7 +121,7 @@ def record_launches(sink: list[Launch], tag: Callable[[], tuple[str, str]]) -> I
             for n in names:
                 if n.endswith("_kernel"):
                     saved.append((mod, n, getattr(mod, n)))
-                    setattr(mod, n, _Recorder(mname, n, sink, tag))
+                    setattr(mod, n, _Recorder(mname, n, sink, tag, on_launch))
         yield
     finally:
         for mod, n, fn in saved:
@@ -121,7 +129,7 @@ def record_launches(sink: list[Launch], tag: Callable[[], tuple[str, str]]) -> I
 
 
 def model_launches(preset: str = "base", batch: int = 64, dtypes: list[str] | None = None,
-                   frames: int | None = None) -> list[Launch]:
+                   frames: int | None = None, on_launch: Callable[[Launch], None] | None = None) -> list[Launch]:
     """Record every launch the model's fused path makes (plus the other constexpr branches) at a preset's shapes.
 
     Shapes come from the config: L = num_patches (496 for 128 x 992), K = num_visible(L, mask_ratio) (124),
@@ -180,7 +188,7 @@ def model_launches(preset: str = "base", batch: int = 64, dtypes: list[str] | No
             ("patch_targets", lambda: tp.patch_targets_triton(spec, ids_masked, ps)),
             ("unpatchify", lambda: tp.unpatchify_triton(torch.empty(batch, n, p, dtype=dt), gf, gt, ps)),
         ]
-        with record_launches(sink, lambda: (state["case"], state["dtype"])):
+        with record_launches(sink, lambda: (state["case"], state["dtype"]), on_launch):
             for case, fn in calls:
                 state["case"] = case
                 fn()
