@@ -36,7 +36,7 @@ $(TRITON_LATEST_VENV)/.installed: requirements-triton-latest.txt
 	touch $@
 
 test: install $(TIMM_VENV)/.installed $(TRITON_LATEST_VENV)/.installed
-	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py
+	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py tests/test_bench_timm_peer.py
 	PYTHONPATH=$(CURDIR) $(TRITON_LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_triton_*.py
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
