@@ -160,10 +160,12 @@ def make_step(kind: str, impl: str, config: ModelConfig, args, device: torch.dev
     return step, model
 
 
-def _skip_reason(e: Exception) -> str:
+def _failure_status(e: Exception) -> str:
+    """Row status for a step that raised: ``skipped`` when an optional package is missing (the timm rows without
+    timm), ``error`` otherwise (a broken path, out of memory): errors make the script exit 1 after all rows."""
     if isinstance(e, ImportError) and "timm" in str(e):
         return "skipped: timm not installed (pip install timm)"
-    return f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return f"error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
 def run(args) -> list[dict]:
@@ -189,6 +191,8 @@ def run(args) -> list[dict]:
     shapes = []
     for frames in (int(f) for f in str(args.frames).split(",")):
         over = {"frames": frames}
+        if args.depth:
+            over["depth"] = args.depth
         if args.decoder_dim:
             over["decoder_embed_dim"] = args.decoder_dim
         if args.decoder_depth:
@@ -211,7 +215,7 @@ def run(args) -> list[dict]:
                     t = time_fn(step, device, args.num_warm_iter, args.num_bench_iter)
                     mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss() - base_rss)
                 except Exception as e:  # a path that cannot run here is reported, not hidden
-                    row = {**base_row, "status": _skip_reason(e)}
+                    row = {**base_row, "status": _failure_status(e)}
                     print(f"{label}: {row['status']}", flush=True)
                     rows.append(row)
                     sink.write(row)
@@ -264,6 +268,7 @@ def parse_args(argv=None):
     p.add_argument("--frames", default="992" if on_gpu else "256,992",
                    help="comma list of input frames (992 = the 10 s pre-training crop, 496 patches; 256 = 128 patches"
                         " is small enough that fixed costs dominate)")
+    p.add_argument("--depth", type=int, default=None, help="override the preset's encoder depth")
     p.add_argument("--decoder-dim", type=int, default=None, help="override the preset's decoder width")
     p.add_argument("--decoder-depth", type=int, default=None)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16" if on_gpu else "fp32", help="autocast dtype")
@@ -289,4 +294,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    raise SystemExit(1 if any(r["status"].startswith("error") for r in run(parse_args())) else 0)
