@@ -128,6 +128,55 @@ def record_launches(sink: list[Launch], tag: Callable[[], tuple[str, str]],
             setattr(mod, n, fn)
 
 
+def _launcher_calls(cfg: ModelConfig, batch: int, dt: torch.dtype) -> list[tuple[str, Callable[[], object]]]:
+    """``(case, call)`` for every launcher branch at the config's shapes, all tensors in ``dt`` (see
+    :func:`model_launches`)."""
+    from . import triton_gather as tg
+    from . import triton_masked_mse as tm
+    from . import triton_patchify as tp
+
+    n, d, dd, p = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_dim
+    k = num_visible(n, cfg.mask_ratio)
+    m = n - k
+    ps = cfg.patch_size
+    gf, gt = cfg.n_mels // ps, cfg.frames // ps
+    _, ids_restore, ids_keep, ids_masked = masking_ids(torch.rand(batch, n), k)
+    mask = torch.ones(batch, n)  # weights of the fused loss (fp32, as the launcher hands a bool mask over)
+    x = torch.empty(batch, n, d, dtype=dt)
+    pos = torch.empty(1, 1 + n, d, dtype=dt)[0, 1:]  # (L, D) view, row stride D
+    gout = torch.empty(batch, k, d, dtype=dt)
+    xv = torch.empty(batch, 1 + k, dd, dtype=dt)[:, 1:]  # (B, K, Dd) view
+    tok = torch.empty(dd, dtype=dt)
+    dpos = torch.empty(1, 1 + n, dd, dtype=dt)[0, 1:]
+    dgout = torch.empty(batch, n, dd, dtype=dt)
+    pred = torch.empty(batch, n, p, dtype=dt)
+    target = torch.empty(batch, n, p, dtype=dt)
+    pred_m = torch.empty(batch, m, p, dtype=dt)
+    spec = torch.empty(batch, cfg.n_mels, cfg.frames, dtype=dt)
+    patches = torch.empty(batch, n, p, dtype=dt)
+    return [
+        ("gather_visible_forward pos", lambda: tg.gather_visible_forward(x, ids_keep, pos)),
+        ("gather_visible_forward", lambda: tg.gather_visible_forward(x, ids_keep, None)),
+        ("gather_visible_backward", lambda: tg.gather_visible_backward(gout, ids_keep, n, dt, False, dt)),
+        ("gather_visible_backward pos_grad", lambda: tg.gather_visible_backward(gout, ids_keep, n, dt, True, dt)),
+        ("unshuffle_forward pos", lambda: tg.unshuffle_forward(xv, tok, ids_restore, dpos)),
+        ("unshuffle_backward", lambda: tg.unshuffle_backward(dgout, ids_restore, k, dt, dt, False, dt)),
+        ("unshuffle_backward pos_grad", lambda: tg.unshuffle_backward(dgout, ids_restore, k, dt, dt, True, dt)),
+        ("masked_mse pred_grad skip_zero",
+         lambda: tm.masked_mse_forward(pred, target, mask, None, True, True, False, True)),
+        ("masked_mse pred+target_grad",
+         lambda: tm.masked_mse_forward(pred, target, mask, None, True, True, True, False)),
+        ("masked_mse_on_masked pred_grad",
+         lambda: tm.masked_mse_forward(pred_m, target, None, ids_masked, True, True, False, False)),
+        ("masked_mse_on_masked no norm_pix",
+         lambda: tm.masked_mse_forward(pred_m, target, None, ids_masked, False, True, False, False)),
+        ("patchify", lambda: tp.patchify_triton(spec, ps, None)),
+        ("patchify targets", lambda: tp.patchify_triton(spec, ps, 1e-6)),
+        ("patch_targets", lambda: tp.patch_targets_triton(spec, ids_masked, ps)),
+        ("unpatchify", lambda: tp.unpatchify_triton(patches, gf, gt, ps)),
+    ]
+
+
 def model_launches(preset: str = "base", batch: int = 64, dtypes: list[str] | None = None,
                    frames: int | None = None, on_launch: Callable[[Launch], None] | None = None) -> list[Launch]:
     """Record every launch the model's fused path makes (plus the other constexpr branches) at a preset's shapes.
@@ -137,59 +186,13 @@ def model_launches(preset: str = "base", batch: int = 64, dtypes: list[str] | No
     are column slices of ids_shuffle (row stride L), pos a row slice of the (1, 1+L, D) table, the decoder's
     visible tokens ``x[:, 1:]`` of (B, 1+K, Dd).
     """
-    from . import triton_gather as tg
-    from . import triton_masked_mse as tm
-    from . import triton_patchify as tp
-
     cfg = ModelConfig.from_preset(preset, **({"frames": frames} if frames else {}))
-    n, d, dd, p = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_dim
-    k = num_visible(n, cfg.mask_ratio)
-    m = n - k
-    ps = cfg.patch_size
-    gf, gt = cfg.n_mels // ps, cfg.frames // ps
     sink: list[Launch] = []
     state = {"case": "", "dtype": ""}
-    for dname in dtypes or list(DTYPES):
-        dt = DTYPES[dname]
-        state["dtype"] = dname
-        _, ids_restore, ids_keep, ids_masked = masking_ids(torch.rand(batch, n), k)
-        mask = torch.ones(batch, n)  # weights of the fused loss (fp32, as the launcher hands a bool mask over)
-        x = torch.empty(batch, n, d, dtype=dt)
-        pos = torch.empty(1, 1 + n, d, dtype=dt)[0, 1:]  # (L, D) view, row stride D
-        xv = torch.empty(batch, 1 + k, dd, dtype=dt)[:, 1:]  # (B, K, Dd) view
-        tok = torch.empty(dd, dtype=dt)
-        dpos = torch.empty(1, 1 + n, dd, dtype=dt)[0, 1:]
-        pred = torch.empty(batch, n, p, dtype=dt)
-        target = torch.empty(batch, n, p, dtype=dt)
-        pred_m = torch.empty(batch, m, p, dtype=dt)
-        spec = torch.empty(batch, cfg.n_mels, cfg.frames, dtype=dt)
-        calls: list[tuple[str, Callable[[], object]]] = [
-            ("gather_visible_forward pos", lambda: tg.gather_visible_forward(x, ids_keep, pos)),
-            ("gather_visible_forward", lambda: tg.gather_visible_forward(x, ids_keep, None)),
-            ("gather_visible_backward", lambda: tg.gather_visible_backward(
-                torch.empty(batch, k, d, dtype=dt), ids_keep, n, dt, False, dt)),
-            ("gather_visible_backward pos_grad", lambda: tg.gather_visible_backward(
-                torch.empty(batch, k, d, dtype=dt), ids_keep, n, dt, True, dt)),
-            ("unshuffle_forward pos", lambda: tg.unshuffle_forward(xv, tok, ids_restore, dpos)),
-            ("unshuffle_backward", lambda: tg.unshuffle_backward(
-                torch.empty(batch, n, dd, dtype=dt), ids_restore, k, dt, dt, False, dt)),
-            ("unshuffle_backward pos_grad", lambda: tg.unshuffle_backward(
-                torch.empty(batch, n, dd, dtype=dt), ids_restore, k, dt, dt, True, dt)),
-            ("masked_mse pred_grad skip_zero", lambda: tm.masked_mse_forward(
-                pred, target, mask, None, True, True, False, True)),
-            ("masked_mse pred+target_grad", lambda: tm.masked_mse_forward(
-                pred, target, mask, None, True, True, True, False)),
-            ("masked_mse_on_masked pred_grad", lambda: tm.masked_mse_forward(
-                pred_m, target, None, ids_masked, True, True, False, False)),
-            ("masked_mse_on_masked no norm_pix", lambda: tm.masked_mse_forward(
-                pred_m, target, None, ids_masked, False, True, False, False)),
-            ("patchify", lambda: tp.patchify_triton(spec, ps, None)),
-            ("patchify targets", lambda: tp.patchify_triton(spec, ps, 1e-6)),
-            ("patch_targets", lambda: tp.patch_targets_triton(spec, ids_masked, ps)),
-            ("unpatchify", lambda: tp.unpatchify_triton(torch.empty(batch, n, p, dtype=dt), gf, gt, ps)),
-        ]
-        with record_launches(sink, lambda: (state["case"], state["dtype"]), on_launch):
-            for case, fn in calls:
+    with record_launches(sink, lambda: (state["case"], state["dtype"]), on_launch):
+        for dname in dtypes or list(DTYPES):
+            state["dtype"] = dname
+            for case, fn in _launcher_calls(cfg, batch, DTYPES[dname]):
                 state["case"] = case
                 fn()
     return sink
