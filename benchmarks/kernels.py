@@ -113,9 +113,11 @@ def copy_bandwidth_gbps(device: torch.device, warm: int, iters: int) -> float | 
     return 2 * src.numel() * src.element_size() / (med * 1e-3) / 1e9
 
 
-def build_cases(batch: int, dtype: torch.dtype, device: torch.device, preset: str = "base") -> dict[str, dict]:
-    """Inputs, the implementations and the nominal bytes of each op, sizes from the model config preset."""
-    cfg = ModelConfig.from_preset(preset)
+def build_cases(batch: int, dtype: torch.dtype, device: torch.device, preset: str = "base",
+                frames: int | None = None) -> dict[str, dict]:
+    """Inputs, the implementations and the nominal bytes of each op, sizes from the model config preset (and the
+    input's frames, which set L)."""
+    cfg = ModelConfig.from_preset(preset, **({"frames": frames} if frames else {}))
     n, d, dd, p = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_dim  # 496, 768, 512, 256
     k = num_visible(n, cfg.mask_ratio)  # 124
     es = torch.empty((), dtype=dtype).element_size()
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", default="auto",
                     help="comma list of ref,compiled,triton (default: all three on GPU, ref on CPU)")
     ap.add_argument("--preset", default="base", help="model config preset giving the sizes (default base)")
+    ap.add_argument("--frames", type=int, default=None, help="input frames (default: the preset's 992, L = 496)")
     ap.add_argument("--ops", default="gather_visible,unshuffle,masked_mse,masked_mse_on_masked")
     ap.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default="inductor",
                     help="backend of the compiled rows (aot_eager: a CPU plumbing check without codegen)")
@@ -246,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured copy bandwidth: {copy_bw:.0f} GB/s")
 
     torch.manual_seed(0)
-    cases = build_cases(batch, dtype, device, args.preset)
+    cases = build_cases(batch, dtype, device, args.preset, args.frames)
     sink = RowSink(args.rows_file, "kernels", {
         "device": device_name, "torch": torch.__version__, "triton": _triton_version(), "commit": _git_commit(),
-        "dtype": str(dtype).replace("torch.", ""), "batch": batch, "preset": args.preset, "num_warm_iter": warm,
+        "dtype": str(dtype).replace("torch.", ""), "batch": batch, "preset": args.preset, "frames": args.frames, "num_warm_iter": warm,
         "num_bench_iter": iters, "copy_bandwidth_gbps": copy_bw, "compile_backend": args.compile_backend,
         "shapes": {op: cases[op]["shape"] for op in args.ops.split(",")}})
     rows: list[Row] = []
