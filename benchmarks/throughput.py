@@ -1,7 +1,7 @@
 """Whole training steps (forward, backward, AdamW) of MaskSpec pre-training and fine-tuning: our reference, our
 fused path and the timm peer, eager and torch.compile, measured side by side in one run, at one or more inputs.
 
-    python benchmarks/throughput.py          # CPU default: tiny, batch 8, 128x256 (32 patches) and 128x992 (496)
+    python benchmarks/throughput.py          # CPU default: tiny, batch 8, 128x256 (128 patches) and 128x992 (496)
     python benchmarks/throughput.py --preset base --batch-size 64 --frames 992 --dtype bf16 \\
         --impls ref,fused,timm --rows-file out/throughput.jsonl          # on a GPU
 
