@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu_check.sh --dry-run    (every step on CPU with tiny shapes, Triton in the interpreter and the
 #                                              compiled rows with the aot_eager backend; CI runs this, so a broken
 #                                              step is caught before a GPU is lent)
-#   bash benchmarks/gpu_check.sh --only kernels,throughput_pretrain   (rerun some steps; rows are appended)
+#   bash benchmarks/gpu_check.sh --only kernels,throughput_pretrain   (rerun some steps: log and rows are appended,
+#                                              each benchmark run starting with its own "run" record)
 # Exit status: 0 when every step run passed, 1 otherwise (the summary names the steps).
 DRY=0
 ONLY=""
@@ -41,7 +42,7 @@ export PY DRY
 SCALE=1
 [ "$DRY" = 1 ] && SCALE=${GPU_CHECK_DRY_LIMIT_SCALE:-4}
 LOG="$RES/gpu_check.log"
-: > "$LOG"
+[ -n "$ONLY" ] || : > "$LOG"  # a rerun of some steps (--only) appends to the first run's log
 declare -A STATUS
 STEPS=()
 TOTAL_LIMIT=0
