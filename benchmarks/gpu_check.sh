@@ -96,7 +96,7 @@ PYEOF
 }
 export -f env_check
 
-step env 10 bash -c env_check
+step env 15 bash -c env_check
 if [ "${STATUS[env]%% *}" = "rc=3" ]; then echo "no CUDA device; stopping" | tee -a "$LOG"; exit 1; fi
 
 # Only the files holding GPU tests, so that a test module needing a package the GPU image lacks cannot stop them.
@@ -122,7 +122,7 @@ fi
 
 # eager rows first: the numbers the window is for
 step kernels 25 "$PY" benchmarks/kernels.py "${KERNELS[@]}" --impls ref,triton --rows-file "$RES/kernels.jsonl"
-step throughput_pretrain 55 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --modes pretrain --impls ref,fused,timm \
+step throughput_pretrain 50 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --modes pretrain --impls ref,fused,timm \
     --rows-file "$RES/throughput.jsonl" --results-file ""
 step patchify 15 "$PY" benchmarks/patchify.py "${PATCHIFY[@]}" --rows-file "$RES/patchify.jsonl" --results-file ""
 step throughput_finetune 20 "$PY" benchmarks/throughput.py "${THROUGHPUT[@]}" --modes finetune --impls ref,fused,timm \
