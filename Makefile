@@ -1,7 +1,7 @@
 # Everything a fresh machine needs, from this repository's own files.
-#   make test   - create .venv (+ .venv-timm for the timm interop test), install pinned CPU dependencies (+ the HEAR
-#                 validator, --no-deps) + the package
-#                 (C++ extension built when possible), run the tests
+#   make test   - create .venv (+ .venv-timm for the timm interop test, + .venv-triton-latest for the Triton kernel
+#                 tests under the newest Triton), install pinned CPU dependencies (+ the HEAR validator, --no-deps)
+#                 + the package (C++ extension built when possible), run the tests
 #   make demo   - the main job: pre-train MaskSpec-tiny on built-in sounds, fine-tune, print the accuracy
 #   make bench  - CPU benchmarks (throughput, kernels, patchify, front end)
 #   make lint   - ruff
@@ -10,6 +10,9 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 # timm needs torchvision, which does not load beside the CPU torch 2.13.0: its interop test gets its own venv
 TIMM_VENV ?= .venv-timm
+# the Triton kernel tests (interpreter + ahead-of-time compiles) also run under the newest Triton release, in their
+# own venv beside the pinned one (requirements-triton-latest.txt; the package comes from PYTHONPATH, not installed)
+TRITON_LATEST_VENV ?= .venv-triton-latest
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench lint clean
@@ -28,8 +31,14 @@ $(TIMM_VENV)/.installed: requirements-timm.txt
 	$(TIMM_VENV)/bin/python -m pip install -q -r requirements-timm.txt
 	touch $@
 
-test: install $(TIMM_VENV)/.installed
-	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py
+$(TRITON_LATEST_VENV)/.installed: requirements-triton-latest.txt
+	$(PY) -m venv $(TRITON_LATEST_VENV)
+	$(TRITON_LATEST_VENV)/bin/python -m pip install -q -r requirements-triton-latest.txt
+	touch $@
+
+test: install $(TIMM_VENV)/.installed $(TRITON_LATEST_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py tests/test_bench_timm_peer.py
+	PYTHONPATH=$(CURDIR) $(TRITON_LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_triton_*.py
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -45,4 +54,4 @@ lint: install
 	$(VPY) -m ruff check maskspec_fast tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(TIMM_VENV) build *.egg-info runs
+	rm -rf $(VENV) $(TIMM_VENV) $(TRITON_LATEST_VENV) build *.egg-info runs

@@ -1,7 +1,9 @@
-"""Shared benchmark helpers: timing with warm-up and synchronization, spread, environment record, JSON output."""
+"""Shared benchmark helpers: timing with warm-up and synchronization, spread, environment record, JSON output,
+rows appended to a JSON-lines file as they finish, and the torch.compile switch."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -29,7 +31,8 @@ def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
         sync(device)
         times.append(time.perf_counter() - t)
     times.sort()
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    # inclusive: p20/p80 interpolate between measured times (the default extrapolates, below 0 with few iters)
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) >= 2 else [times[0]] * 4
     return {"median_s": statistics.median(times), "p20_s": q[0], "p80_s": q[3], "mean_s": statistics.fmean(times),
             "iters": iters}
 
@@ -90,6 +93,55 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2, default=str))
         print(f"wrote {path}")
+
+
+class RowSink:
+    """Appends each result row to a JSON-lines file the moment it is measured, so a run cut short (a step's time
+    limit on a lent GPU) keeps every row finished before the cut.
+
+    Line 1 of each run is ``{"record": "run", "bench": ..., "env": ..., "args": ...}``, then one
+    ``{"record": "row", "bench": ..., **row}`` per row. The file is appended to, so several runs (eager rows, then
+    compiled rows in a later step) share one file. ``path=None`` writes nothing.
+    """
+
+    def __init__(self, path: str | None, bench: str, header: dict[str, Any]):
+        self.path, self.bench = path, bench
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._append({"record": "run", "bench": bench, **header})
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        assert self.path is not None
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a SIGKILL right after must not lose the line
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.path:
+            self._append({"record": "row", "bench": self.bench, **row})
+
+
+def read_rows(path: str, bench: str | None = None) -> list[dict[str, Any]]:
+    """The ``row`` records of a :class:`RowSink` file (of one benchmark when ``bench`` is given)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("record") == "row" and (bench is None or rec.get("bench") == bench):
+            out.append(rec)
+    return out
+
+
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def compile_fn(fn: Callable, backend: str = "inductor") -> Callable:
+    """``torch.compile(fn, backend=...)``. ``inductor`` is the real thing (what is timed on a GPU); ``aot_eager``
+    traces through Dynamo and AOTAutograd (graph capture, our custom ops' fake kernels, the joint graph) but
+    runs eager kernels, so a CPU dry run checks the compiled rows' plumbing without minutes of C++ codegen."""
+    if backend not in COMPILE_BACKENDS:
+        raise ValueError(f"unknown compile backend {backend!r}; choose from {COMPILE_BACKENDS}")
+    return torch.compile(fn, backend=backend)
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:

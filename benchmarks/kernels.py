@@ -7,9 +7,11 @@ at least (same count for every implementation) over the median time, and on GPU 
 device-to-device copy bandwidth.
 
 On CPU only the reference rows run (small default batch) - Triton rows need a CUDA GPU (the interpreter is for
-tests, not timing).
+tests, not timing), except with ``TRITON_INTERPRET=1``, where asked-for Triton rows run in the interpreter as a
+plumbing check (``gpu_check.sh --dry-run``); their times mean nothing.
 
     python benchmarks/kernels.py --batch 64 --dtype bf16 --results-file results/kernels.json
+    python benchmarks/kernels.py --impls ref,triton --rows-file out/kernels.jsonl   # rows appended as they finish
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from _common import COMPILE_BACKENDS, RowSink, compile_fn  # noqa: E402
 
 from maskspec_fast.config import ModelConfig  # noqa: E402
+from maskspec_fast.ops._triton_utils import interpret_mode  # noqa: E402
 from maskspec_fast.ops.gather import gather_visible_ref, unshuffle_ref  # noqa: E402
 from maskspec_fast.ops.masked_mse import masked_mse  # noqa: E402
 from maskspec_fast.ops.masking import masking_ids, num_visible  # noqa: E402
@@ -108,9 +113,11 @@ def copy_bandwidth_gbps(device: torch.device, warm: int, iters: int) -> float | 
     return 2 * src.numel() * src.element_size() / (med * 1e-3) / 1e9
 
 
-def build_cases(batch: int, dtype: torch.dtype, device: torch.device, preset: str = "base") -> dict[str, dict]:
-    """Inputs, the implementations and the nominal bytes of each op, sizes from the model config preset."""
-    cfg = ModelConfig.from_preset(preset)
+def build_cases(batch: int, dtype: torch.dtype, device: torch.device, preset: str = "base",
+                frames: int | None = None) -> dict[str, dict]:
+    """Inputs, the implementations and the nominal bytes of each op, sizes from the model config preset (and the
+    input's frames, which set L)."""
+    cfg = ModelConfig.from_preset(preset, **({"frames": frames} if frames else {}))
     n, d, dd, p = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim, cfg.patch_dim  # 496, 768, 512, 256
     k = num_visible(n, cfg.mask_ratio)  # 124
     es = torch.empty((), dtype=dtype).element_size()
@@ -207,19 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--impls", default="auto",
                     help="comma list of ref,compiled,triton (default: all three on GPU, ref on CPU)")
     ap.add_argument("--preset", default="base", help="model config preset giving the sizes (default base)")
+    ap.add_argument("--frames", type=int, default=None, help="input frames (default: the preset's 992, L = 496)")
     ap.add_argument("--ops", default="gather_visible,unshuffle,masked_mse,masked_mse_on_masked")
+    ap.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default="inductor",
+                    help="backend of the compiled rows (aot_eager: a CPU plumbing check without codegen)")
     ap.add_argument("--results-file", default=None, help="write JSON results here")
+    ap.add_argument("--rows-file", default=None, help="append each row to this JSON-lines file as it finishes")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
+    if on_gpu and device.index is not None:
+        torch.cuda.set_device(device)  # torch.compile, events and the copy bandwidth probe follow the current device
     batch = args.batch or (64 if on_gpu else 2)
     dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     warm = args.num_warm_iter if args.num_warm_iter is not None else (10 if on_gpu else 2)
     iters = args.num_bench_iter if args.num_bench_iter is not None else (50 if on_gpu else 5)
     impls = ["ref", "compiled", "triton"] if args.impls == "auto" and on_gpu else (
         ["ref"] if args.impls == "auto" else args.impls.split(","))
-    if not on_gpu and "triton" in impls:
+    if not on_gpu and "triton" in impls and interpret_mode():
+        print("note: Triton rows in the interpreter (TRITON_INTERPRET=1): a plumbing check, the times mean nothing")
+    elif not on_gpu and "triton" in impls:
         print("note: Triton rows need a CUDA GPU (the interpreter is for tests, not timing); skipping them")
         impls = [i for i in impls if i != "triton"]
     if not on_gpu:
@@ -234,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured copy bandwidth: {copy_bw:.0f} GB/s")
 
     torch.manual_seed(0)
-    cases = build_cases(batch, dtype, device, args.preset)
+    cases = build_cases(batch, dtype, device, args.preset, args.frames)
+    sink = RowSink(args.rows_file, "kernels", {
+        "device": device_name, "torch": torch.__version__, "triton": _triton_version(), "commit": _git_commit(),
+        "dtype": str(dtype).replace("torch.", ""), "batch": batch, "preset": args.preset, "frames": args.frames, "num_warm_iter": warm,
+        "num_bench_iter": iters, "copy_bandwidth_gbps": copy_bw, "compile_backend": args.compile_backend,
+        "shapes": {op: cases[op]["shape"] for op in args.ops.split(",")}})
     rows: list[Row] = []
     header = f"{'op':22s} {'impl':9s} {'mode':5s} {'median ms':>10s} {'p20':>9s} {'p80':>9s} {'GB/s':>8s} {'%copy':>6s}"
     print(header)
@@ -243,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         case = cases[op]
         for impl in impls:
             if impl == "compiled":
-                fn = torch.compile(case["ref"])
+                fn = compile_fn(case["ref"], args.compile_backend)
             else:
                 fn = case[impl]
             res = bench_impl(fn, case["leaves"], device, warm, iters)
@@ -251,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 gbps = case["bytes"][mode] / (med * 1e-3) / 1e9
                 pct = 100 * gbps / copy_bw if copy_bw else None
                 rows.append(Row(op, impl, mode, med, p20, p80, gbps, pct))
+                sink.write(asdict(rows[-1]))
                 pct_s = f"{pct:6.1f}" if pct is not None else "     -"
-                print(f"{op:22s} {impl:9s} {mode:5s} {med:10.4f} {p20:9.4f} {p80:9.4f} {gbps:8.1f} {pct_s}")
+                print(f"{op:22s} {impl:9s} {mode:5s} {med:10.4f} {p20:9.4f} {p80:9.4f} {gbps:8.1f} {pct_s}", flush=True)
         print(f"  ({op}: {case['shape']})")
 
     if args.results_file:

@@ -16,6 +16,7 @@ the call held at its peak, intermediates included (CPU only; on CUDA ``max_memor
 
     python benchmarks/patchify.py                       # B=32, 128x992 and 128x1000, fp32 + bf16, 1 and all threads
     python benchmarks/patchify.py --threads 2 --dtypes fp32 --results-file runs/bench/patchify.json
+    python benchmarks/patchify.py --device cuda --rows-file out/patchify.jsonl   # Triton kernels; rows as they finish
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, peak_rss, print_table, reset_peak_rss, time_fn, write_json  # noqa: E402
+from _common import RowSink, environment, peak_rss, print_table, reset_peak_rss, time_fn, write_json  # noqa: E402
 
 from maskspec_fast.ops import normalize_patches, patchify  # noqa: E402
 from maskspec_fast.ops.patchify_fused import patch_targets, patchify_fused, status  # noqa: E402
@@ -122,17 +123,21 @@ def main() -> None:
     ap.add_argument("--num-bench-iter", type=int, default=30)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--results-file", default="runs/bench/patchify.json")
+    ap.add_argument("--rows-file", default=None, help="append each row to this JSON-lines file as it finishes")
     ap.add_argument("--_memory-worker", dest="memory_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_worker:
         return memory_worker(json.loads(args.memory_worker))
 
     device = torch.device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     all_threads = torch.get_num_threads()
     threads = [int(s) for s in args.threads.split(",")] if args.threads else sorted({1, all_threads})
     if device.type == "cuda":
         threads = [all_threads]
     print(status())
+    sink = RowSink(args.rows_file, "patchify", {"env": environment(device), "status": status(), "args": vars(args)})
     rows = []
     for shape in args.shapes.split(","):
         f, t = (int(v) for v in shape.lower().split("x"))
@@ -162,6 +167,9 @@ def main() -> None:
                         row["ref_peak_MiB"] = cuda_peak(ref, device) / 2**20
                         row["fused_peak_MiB"] = cuda_peak(fused, device) / 2**20
                     rows.append(row)
+                    sink.write(row)
+                    print(f"{name} {row['shape']} {dname} {nt} thr: ref {row['ref_ms']:.3f} ms, fused "
+                          f"{row['fused_ms']:.3f} ms ({row['speedup']:.2f}x)", flush=True)
     torch.set_num_threads(all_threads)
     print()
     print_table(rows, [

@@ -8,6 +8,7 @@ Dispatch rule (one place, used by every op):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -53,6 +54,18 @@ def triton_status() -> str:
     else:
         parts.append("CPU tensors -> reference (set TRITON_INTERPRET=1 to run the kernels in the interpreter)")
     return "; ".join(parts)
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context manager around a Triton launch: makes ``t``'s CUDA device current for its duration.
+
+    A Triton launch runs on ``torch.cuda.current_device()`` (and that device's current stream), not on the device
+    of its arguments: tensors on ``cuda:1`` launched while device 0 is current would run on the wrong GPU (a
+    single-process ``--device cuda:1`` never calls ``set_device``). CPU tensors (the interpreter) need no guard.
+    """
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 def poison_enabled() -> bool:

@@ -16,17 +16,22 @@ import torch.nn.functional as F
 def attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V, computed in fp32.
+    """softmax(Q K^T / sqrt(d)) V, computed in fp32 (also under autocast).
 
     q, k, v: ``(B, H, N, d)``. key_padding_mask: ``(B, N)`` bool, True = padded key (never attended to).
     Returns ``(B, H, N, d)`` in q's dtype.
+
+    Autocast is switched off inside: ``matmul`` is on autocast's low-precision list, so under bf16 autocast the
+    ``.float()`` upcasts alone would be undone and the scores computed in bf16, a weaker oracle for the bf16
+    parity tests that compare fast paths against this one.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, N, N)
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    attn = scores.softmax(dim=-1)
-    return torch.matmul(attn, v.float()).to(q.dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, N, N)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        attn = scores.softmax(dim=-1)
+        return torch.matmul(attn, v.float()).to(q.dtype)  # (B, H, N, d)
 
 
 def _sdpa(q, k, v, key_padding_mask=None):

@@ -32,6 +32,7 @@ from ._triton_utils import (
     HAS_TRITON,
     check_rows,
     new_empty,
+    on_device,
     rows_for_backward,
     triton_status,
     use_triton,
@@ -130,7 +131,9 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         for i in range(BATCH_CHUNK):
             b = chunk * BATCH_CHUNK + i
-            rows_ok = pmask & (b < B)
+            # (BLOCK_L,) block of b, compared lane by lane: a scalar comparison broadcast onto pmask keeps an
+            # int64 payload in the interpreter, which Triton >= 3.9 rejects as a load mask
+            rows_ok = pmask & (tl.zeros((BLOCK_L,), dtype=tl.int64) + b < B)
             j = tl.load(inv_ptr + b * stride_inb + patch, mask=rows_ok, other=K)  # K: removed (or no such row)
             kept = j < K
             g = tl.load(gout_ptr + (b * stride_gb + j * stride_gk)[:, None] + cols[None, :],
@@ -200,7 +203,9 @@ if HAS_TRITON:
         acc_pos = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         for i in range(BATCH_CHUNK):
             b = chunk * BATCH_CHUNK + i
-            rows_ok = pmask & (b < B)
+            # (BLOCK_L,) block of b, compared lane by lane: a scalar comparison broadcast onto pmask keeps an
+            # int64 payload in the interpreter, which Triton >= 3.9 rejects as a load mask
+            rows_ok = pmask & (tl.zeros((BLOCK_L,), dtype=tl.int64) + b < B)
             j = tl.load(ids_ptr + b * stride_ib + patch, mask=rows_ok, other=K)
             kept = j < K
             g = tl.load(gout_ptr + (b * stride_gb + patch * stride_gl)[:, None] + cols[None, :],
@@ -244,13 +249,14 @@ def gather_visible_forward(x: Tensor, ids_keep: Tensor, pos: Tensor | None = Non
         return out
     block_r, block_d, warps = _tile(d, 4096)
     grid = (triton.cdiv(b * k, block_r), triton.cdiv(d, block_d))
-    _gather_visible_fwd_kernel[grid](
-        x, ids_keep, pos if pos is not None else x, out,
-        b * k, k, d,
-        x.stride(0), x.stride(1), ids_keep.stride(0), pos.stride(0) if pos is not None else 0,
-        out.stride(0), out.stride(1),
-        HAS_POS=pos is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )
+    with on_device(x):  # Triton launches on the current device
+        _gather_visible_fwd_kernel[grid](
+            x, ids_keep, pos if pos is not None else x, out,
+            b * k, k, d,
+            x.stride(0), x.stride(1), ids_keep.stride(0), pos.stride(0) if pos is not None else 0,
+            out.stride(0), out.stride(1),
+            HAS_POS=pos is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        )
     return out
 
 
@@ -275,12 +281,13 @@ def gather_visible_backward(
     part = new_empty((n_chunks, n, d), torch.float32, dev) if pos_grad else grad_x
     block_l, block_d, warps = _tile(d, 2048)
     grid = (triton.cdiv(n, block_l), triton.cdiv(d, block_d), n_chunks)
-    _gather_visible_bwd_kernel[grid](
-        grad_out, inv, grad_x, part,
-        b, n, k, d,
-        grad_out.stride(0), grad_out.stride(1), inv.stride(0),
-        POS_GRAD=pos_grad, BATCH_CHUNK=chunk, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
-    )
+    with on_device(grad_out):  # Triton launches on the current device
+        _gather_visible_bwd_kernel[grid](
+            grad_out, inv, grad_x, part,
+            b, n, k, d,
+            grad_out.stride(0), grad_out.stride(1), inv.stride(0),
+            POS_GRAD=pos_grad, BATCH_CHUNK=chunk, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
+        )
     grad_pos = part.sum(0).to(pos_dtype) if pos_grad else grad_out.new_empty(0)
     return grad_x, grad_pos
 
@@ -302,12 +309,13 @@ def unshuffle_forward(
         return out
     block_r, block_d, warps = _tile(d, 4096)
     grid = (triton.cdiv(b * n, block_r), triton.cdiv(d, block_d))
-    _unshuffle_fwd_kernel[grid](
-        x_visible, mask_token, ids_restore, pos if pos is not None else mask_token, out,
-        b * n, n, k, d,
-        x_visible.stride(0), x_visible.stride(1), ids_restore.stride(0), pos.stride(0) if pos is not None else 0,
-        HAS_POS=pos is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
-    )
+    with on_device(x_visible):  # Triton launches on the current device
+        _unshuffle_fwd_kernel[grid](
+            x_visible, mask_token, ids_restore, pos if pos is not None else mask_token, out,
+            b * n, n, k, d,
+            x_visible.stride(0), x_visible.stride(1), ids_restore.stride(0), pos.stride(0) if pos is not None else 0,
+            HAS_POS=pos is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        )
     return out
 
 
@@ -332,12 +340,13 @@ def unshuffle_backward(
     tok_part = new_empty((n_chunks, n_lblocks, d), torch.float32, dev)
     pos_part = new_empty((n_chunks, n, d), torch.float32, dev) if pos_grad else tok_part
     grid = (n_lblocks, triton.cdiv(d, block_d), n_chunks)
-    _unshuffle_bwd_kernel[grid](
-        grad_out, ids_restore, grad_xv, tok_part, pos_part,
-        b, n, k, d,
-        grad_out.stride(0), grad_out.stride(1), ids_restore.stride(0),
-        POS_GRAD=pos_grad, BATCH_CHUNK=chunk, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
-    )
+    with on_device(grad_out):  # Triton launches on the current device
+        _unshuffle_bwd_kernel[grid](
+            grad_out, ids_restore, grad_xv, tok_part, pos_part,
+            b, n, k, d,
+            grad_out.stride(0), grad_out.stride(1), ids_restore.stride(0),
+            POS_GRAD=pos_grad, BATCH_CHUNK=chunk, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
+        )
     grad_tok = tok_part.sum((0, 1)).to(token_dtype)
     grad_pos = pos_part.sum(0).to(pos_dtype) if pos_grad else grad_out.new_empty(0)
     return grad_xv, grad_tok, grad_pos

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._triton_utils import HAS_TRITON, check_rows, new_empty, triton_status, use_triton
+from ._triton_utils import HAS_TRITON, check_rows, new_empty, on_device, triton_status, use_triton
 from .masked_mse import NORM_PIX_EPS, masked_mse
 
 if HAS_TRITON:
@@ -159,16 +159,17 @@ def masked_mse_forward(
     block_r = max(1, min(16, 4096 // block_p))  # ~4K elements per program
     warps = max(1, min(8, block_r * block_p // 512))
     rows = b * m
-    _masked_mse_fwd_kernel[(triton.cdiv(rows, block_r),)](
-        pred, target, mask if mask is not None else row_mse, ids if ids is not None else row_mse,
-        row_mse, g_pred if pred_grad else row_mse, g_target if target_grad else row_mse,
-        rows, m, p, NORM_PIX_EPS,
-        pred.stride(0), pred.stride(1), target.stride(0), target.stride(1),
-        mask.stride(0) if mask is not None else 0, ids.stride(0) if ids is not None else 0,
-        HAS_MASK=mask is not None, HAS_IDS=ids is not None, NORM_PIX=norm_pix,
-        SKIP_ZERO=skip_zero and mask is not None, PRED_GRAD=pred_grad, TARGET_GRAD=target_grad,
-        BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
-    )
+    with on_device(pred):  # Triton launches on the current device
+        _masked_mse_fwd_kernel[(triton.cdiv(rows, block_r),)](
+            pred, target, mask if mask is not None else row_mse, ids if ids is not None else row_mse,
+            row_mse, g_pred if pred_grad else row_mse, g_target if target_grad else row_mse,
+            rows, m, p, NORM_PIX_EPS,
+            pred.stride(0), pred.stride(1), target.stride(0), target.stride(1),
+            mask.stride(0) if mask is not None else 0, ids.stride(0) if ids is not None else 0,
+            HAS_MASK=mask is not None, HAS_IDS=ids is not None, NORM_PIX=norm_pix,
+            SKIP_ZERO=skip_zero and mask is not None, PRED_GRAD=pred_grad, TARGET_GRAD=target_grad,
+            BLOCK_R=block_r, BLOCK_P=block_p, num_warps=warps,
+        )
     return row_mse, g_pred, g_target
 
 

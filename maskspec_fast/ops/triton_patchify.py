@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ._triton_utils import on_device
 from .masked_mse import NORM_PIX_EPS
 
 try:  # optional: the package imports without triton
@@ -131,11 +132,12 @@ def patchify_triton(
     out = torch.empty(b, n, patch * patch, dtype=spec.dtype, device=spec.device)  # (B, L, p*p)
     tgt = torch.empty(b, n, patch * patch, dtype=torch.float32, device=spec.device) if eps is not None else None
     if b * n:
-        _patchify_fwd_kernel[(b * n,)](
-            spec, out, out if tgt is None else tgt,
-            spec.stride(0), spec.stride(1), gt, n, NORM_PIX_EPS if eps is None else eps,
-            P=patch, BLOCK=triton.next_power_of_2(patch), WITH_TARGETS=tgt is not None, num_warps=1,
-        )
+        with on_device(spec):  # Triton launches on the current device
+            _patchify_fwd_kernel[(b * n,)](
+                spec, out, out if tgt is None else tgt,
+                spec.stride(0), spec.stride(1), gt, n, NORM_PIX_EPS if eps is None else eps,
+                P=patch, BLOCK=triton.next_power_of_2(patch), WITH_TARGETS=tgt is not None, num_warps=1,
+            )
     return out, tgt
 
 
@@ -156,10 +158,11 @@ def patch_targets_triton(
     m = ids.shape[1]
     tgt = torch.empty(b, m, patch * patch, dtype=torch.float32, device=spec.device)  # (B, M, p*p)
     if b * m:
-        _patch_targets_kernel[(b * m,)](
-            spec, ids, tgt, spec.stride(0), spec.stride(1), ids.stride(0), ids.stride(1), m, t // patch, eps,
-            P=patch, BLOCK=triton.next_power_of_2(patch), num_warps=1,
-        )
+        with on_device(spec):  # Triton launches on the current device
+            _patch_targets_kernel[(b * m,)](
+                spec, ids, tgt, spec.stride(0), spec.stride(1), ids.stride(0), ids.stride(1), m, t // patch, eps,
+                P=patch, BLOCK=triton.next_power_of_2(patch), num_warps=1,
+            )
     return tgt
 
 
@@ -181,7 +184,8 @@ def unpatchify_triton(
     alloc = torch.empty if exact else torch.zeros
     out = alloc(b, out_f, out_t, dtype=patches.dtype, device=patches.device)  # (B, F, T)
     if b * gf * gt:
-        _unpatchify_kernel[(b * gf * gt,)](
-            patches, out, gt, gf * gt, out_f, out_t, P=patch, BLOCK=triton.next_power_of_2(patch), num_warps=1,
-        )
+        with on_device(patches):  # Triton launches on the current device
+            _unpatchify_kernel[(b * gf * gt,)](
+                patches, out, gt, gf * gt, out_f, out_t, P=patch, BLOCK=triton.next_power_of_2(patch), num_warps=1,
+            )
     return out
