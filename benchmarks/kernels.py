@@ -35,14 +35,10 @@ from _common import COMPILE_BACKENDS, RowSink, compile_fn  # noqa: E402
 from maskspec_fast.config import ModelConfig  # noqa: E402
 from maskspec_fast.ops._triton_utils import interpret_mode  # noqa: E402
 from maskspec_fast.ops.gather import gather_visible_ref, unshuffle_ref  # noqa: E402
-from maskspec_fast.ops.masked_mse import masked_mse  # noqa: E402
+from maskspec_fast.ops.masked_mse import masked_mse_on_masked_ref, masked_mse_ref  # noqa: E402
 from maskspec_fast.ops.masking import masking_ids, num_visible  # noqa: E402
 from maskspec_fast.ops.triton_gather import gather_visible, triton_status, unshuffle  # noqa: E402
-from maskspec_fast.ops.triton_masked_mse import (  # noqa: E402
-    masked_mse_fused,
-    masked_mse_on_masked,
-    masked_mse_on_masked_ref,
-)
+from maskspec_fast.ops.triton_masked_mse import masked_mse, masked_mse_on_masked  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -157,8 +153,8 @@ def build_cases(batch: int, dtype: torch.dtype, device: torch.device, preset: st
         "masked_mse": {
             "shape": f"pred/target ({batch}, {n}, {p}), {m} masked",
             "leaves": [pred],
-            "ref": lambda: masked_mse(pred, target, mask),
-            "triton": lambda: masked_mse_fused(pred, target, mask),
+            "ref": lambda: masked_mse_ref(pred, target, mask),
+            "triton": lambda: masked_mse(pred, target, mask),
             # fwd: read pred + target; bwd: write grad_pred
             "bytes": bytes_(2 * batch * n * p * es, batch * n * p * es),
         },

@@ -80,7 +80,7 @@ def _use_triton(table: OpTable) -> dict[str, str]:
         return {name: f"reference (Triton ops unavailable: {e})" for name in _TRITON_OPS}
     table.gather_visible = triton_gather.gather_visible
     table.unshuffle = triton_gather.unshuffle
-    table.masked_mse = triton_masked_mse.masked_mse_fused
+    table.masked_mse = triton_masked_mse.masked_mse
     table.masked_mse_on_masked = triton_masked_mse.masked_mse_on_masked
     status = triton_status() if HAS_TRITON else "triton not installed: reference everywhere"
     return {name: f"triton custom op ({status})" for name in _TRITON_OPS}

@@ -1,4 +1,4 @@
-"""Fused Triton masked MSE (loss + gradient in one pass) against the reference ``masked_mse``: loss, grads of
+"""Fused Triton masked MSE (loss + gradient in one pass) against the reference ``masked_mse_ref``: loss, grads of
 pred / target / mask with the same upstream gradient, odd shapes, each dtype, NaN-poisoned buffers."""
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from maskspec_fast.ops import _triton_utils
-from maskspec_fast.ops.masked_mse import masked_mse
+from maskspec_fast.ops.masked_mse import masked_mse_on_masked_ref, masked_mse_ref
 from maskspec_fast.ops.masking import masking_ids
 from maskspec_fast.ops.triton_masked_mse import (
     MaskedMSELoss,
-    masked_mse_fused,
+    masked_mse,
     masked_mse_on_masked,
-    masked_mse_on_masked_ref,
 )
 
 pytestmark = pytest.mark.skipif(not _triton_utils.HAS_TRITON, reason="triton not installed")
@@ -59,8 +58,8 @@ def test_fused_matches_reference(shape, dtype, norm_pix):
     mask_grad = not norm_pix
     leaves_f = [t.clone().requires_grad_(t is not mask or mask_grad) for t in (pred, target, mask)]
     leaves_r = [t.clone().requires_grad_(t is not mask or mask_grad) for t in (pred, target, mask)]
-    loss_f = masked_mse_fused(*leaves_f, norm_pix=norm_pix)
-    loss_r = masked_mse(*leaves_r, norm_pix=norm_pix)
+    loss_f = masked_mse(*leaves_f, norm_pix=norm_pix)
+    loss_r = masked_mse_ref(*leaves_r, norm_pix=norm_pix)
     _check_loss(loss_f, loss_r)
     g = torch.rand(()) + 0.5  # same upstream gradient, not 1
     loss_f.backward(g)
@@ -75,7 +74,7 @@ def test_fused_matches_reference(shape, dtype, norm_pix):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES[:2])
 def test_on_masked_matches_reference(shape, dtype):
-    """Equal to masked_mse(full_pred, target, mask) with full_pred holding pred_masked at ids_masked."""
+    """Equal to masked_mse_ref(full_pred, target, mask) with full_pred holding pred_masked at ids_masked."""
     b, n, k, p = shape
     pred, target, mask, ids_masked = _inputs(b, n, k, p, dtype)
     idx = ids_masked.unsqueeze(-1).expand(-1, -1, p)
@@ -84,7 +83,7 @@ def test_on_masked_matches_reference(shape, dtype):
     loss_f = masked_mse_on_masked(pm_f, t_f, ids_masked)
     full = torch.randn_like(pred).scatter(1, idx, pred_masked).requires_grad_()  # unmasked rows: anything
     t_r = target.clone().requires_grad_()
-    loss_r = masked_mse(full, t_r, mask)
+    loss_r = masked_mse_ref(full, t_r, mask)
     _check_loss(loss_f, loss_r)
     _check_loss(masked_mse_on_masked_ref(pred_masked, target, ids_masked), loss_r)
     g = torch.rand(()) + 0.5
@@ -117,8 +116,8 @@ def test_fp16_large_upstream_gradient():
     pred, target, mask, _ = _inputs(b, n, k, p, torch.float16)
     pf, pr = pred.clone().requires_grad_(), pred.clone().requires_grad_()
     scale = torch.tensor(2.0**16)
-    masked_mse_fused(pf, target, mask).backward(scale)
-    masked_mse(pr, target, mask).backward(scale)
+    masked_mse(pf, target, mask).backward(scale)
+    masked_mse_ref(pr, target, mask).backward(scale)
     _check_grad(pf.grad, pr.grad, torch.float16, "grad_pred (scaled)")
 
 
@@ -128,28 +127,28 @@ def test_edge_masks():
     # nothing masked: loss 0, zero gradient (and no NaN from 0/0)
     zero = torch.zeros(b, n)
     pf = pred.clone().requires_grad_()
-    loss = masked_mse_fused(pf, target, zero)
+    loss = masked_mse(pf, target, zero)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(pf.grad, torch.zeros_like(pred))
     # soft weights and a bool mask
     soft = torch.rand(b, n)
-    _check_loss(masked_mse_fused(pred, target, soft), masked_mse(pred, target, soft))
+    _check_loss(masked_mse(pred, target, soft), masked_mse_ref(pred, target, soft))
     hard = torch.rand(b, n) > 0.5
-    _check_loss(MaskedMSELoss()(pred, target, hard), masked_mse(pred, target, hard))
-    _check_loss(MaskedMSELoss(norm_pix=False)(pred, target, hard), masked_mse(pred, target, hard, False))
+    _check_loss(MaskedMSELoss()(pred, target, hard), masked_mse_ref(pred, target, hard))
+    _check_loss(MaskedMSELoss(norm_pix=False)(pred, target, hard), masked_mse_ref(pred, target, hard, False))
 
 
 def test_no_grad_and_eval():
     pred, target, mask, _ = _inputs(2, 11, 3, 8, torch.float32)
     pred.requires_grad_()
     with torch.no_grad():
-        _check_loss(masked_mse_fused(pred, target, mask), masked_mse(pred, target, mask))
+        _check_loss(masked_mse(pred, target, mask), masked_mse_ref(pred, target, mask))
 
 
 def test_cpu_without_interpreter_uses_reference(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     pred, target, mask, ids_masked = _inputs(2, 11, 3, 8, torch.float32)
-    assert torch.equal(masked_mse_fused(pred, target, mask), masked_mse(pred, target, mask))
+    assert torch.equal(masked_mse(pred, target, mask), masked_mse_ref(pred, target, mask))
     pm = torch.gather(pred, 1, ids_masked.unsqueeze(-1).expand(-1, -1, 8))
     assert torch.equal(masked_mse_on_masked(pm, target, ids_masked), masked_mse_on_masked_ref(pm, target, ids_masked))
 
@@ -157,9 +156,9 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
 def test_rejects_bad_inputs():
     pred = torch.randn(2, 8, 5).transpose(1, 2)  # (2, 5, 8), last stride 5
     with pytest.raises(ValueError, match="pred"):
-        masked_mse_fused(pred, torch.randn(2, 5, 8), torch.ones(2, 5))
+        masked_mse(pred, torch.randn(2, 5, 8), torch.ones(2, 5))
     with pytest.raises(ValueError, match="mask"):
-        masked_mse_fused(torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.ones(2, 4))
+        masked_mse(torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.ones(2, 4))
 
 
 def test_opcheck():
@@ -175,7 +174,7 @@ def test_compiles_without_graph_break():
     w = torch.randn(10, 10, requires_grad=True)
 
     def f(pred, w):
-        return masked_mse_fused(pred @ w, target, mask) + masked_mse_on_masked(
+        return masked_mse(pred @ w, target, mask) + masked_mse_on_masked(
             torch.gather(pred @ w, 1, ids_masked.unsqueeze(-1).expand(-1, -1, 10)), target, ids_masked
         )
 
@@ -183,7 +182,7 @@ def test_compiles_without_graph_break():
     loss = torch.compile(f, backend="aot_eager", fullgraph=True)(pred, w)
     loss.backward()
     w2 = w.detach().clone().requires_grad_()
-    ref = masked_mse(pred @ w2, target, mask) * 2
+    ref = masked_mse_ref(pred @ w2, target, mask) * 2
     ref.backward()
     _check_loss(loss, ref)
     _check_grad(w.grad, w2.grad, torch.float32, "grad_w")
@@ -195,8 +194,8 @@ def test_compiles_without_graph_break():
 def test_gpu_compiled(shape, dtype):
     pred, target, mask, ids_masked = _inputs(*shape, dtype, device="cuda")
     pf, pr = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    loss_f = torch.compile(masked_mse_fused)(pf, target, mask)
-    loss_r = masked_mse(pr, target, mask)
+    loss_f = torch.compile(masked_mse)(pf, target, mask)
+    loss_r = masked_mse_ref(pr, target, mask)
     _check_loss(loss_f, loss_r)
     loss_f.backward()
     loss_r.backward()

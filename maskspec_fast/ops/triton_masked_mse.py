@@ -15,9 +15,9 @@ gradient (~1e-7 at MaskSpec-base sizes) would underflow fp16 before a GradScaler
 Rows with weight 0 (the kept patches, 25 % of rows) are not read at all unless the mask itself needs a gradient;
 their gradient rows are written as zeros.
 
-Entry points (references: :func:`maskspec_fast.ops.masked_mse.masked_mse`, :func:`masked_mse_on_masked_ref`):
+Entry points (references: :func:`maskspec_fast.ops.masked_mse.masked_mse_ref`, :func:`~.masked_mse.masked_mse_on_masked_ref`):
 
-* :func:`masked_mse_fused` ``(pred (B, L, P), target (B, L, P), mask (B, L))`` - same value as the reference;
+* :func:`masked_mse` ``(pred (B, L, P), target (B, L, P), mask (B, L))`` - same value as the reference;
 * :func:`masked_mse_on_masked` ``(pred_masked (B, M, P), target (B, L, P), ids_masked (B, M))`` - the decoder
   predicted only the M masked patches; target rows are gathered inside the kernel (no (B, M, P) copy).
 
@@ -31,7 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ._triton_utils import HAS_TRITON, check_rows, new_empty, on_device, triton_status, use_triton
-from .masked_mse import NORM_PIX_EPS, masked_mse
+from .masked_mse import NORM_PIX_EPS, masked_mse_on_masked_ref, masked_mse_ref
 
 if HAS_TRITON:
     import triton
@@ -39,6 +39,7 @@ if HAS_TRITON:
 
 __all__ = [
     "MaskedMSELoss",
+    "masked_mse",
     "masked_mse_forward",
     "masked_mse_fused",
     "masked_mse_on_masked",
@@ -283,8 +284,8 @@ def _needs_grad(t: Tensor) -> bool:
     return torch.is_grad_enabled() and t.requires_grad
 
 
-def masked_mse_fused(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
-    """MAE's reconstruction loss, same value as :func:`maskspec_fast.ops.masked_mse.masked_mse`.
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+    """MAE's reconstruction loss, same value as :func:`maskspec_fast.ops.masked_mse.masked_mse_ref`.
 
     pred, target: ``(B, L, P)`` (target = raw patches); mask: ``(B, L)``, 1 = removed (scored), 0 = kept.
     ``loss = sum_{b,l} mask[b,l] * mean_k (pred - t)^2 / max(sum mask, 1)``, t the per-patch normalized target
@@ -295,23 +296,12 @@ def masked_mse_fused(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool 
     if pred.dim() != 3 or mask.shape != pred.shape[:-1]:
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, L) = {tuple(pred.shape[:-1])}")
     if not use_triton(pred):
-        return masked_mse(pred, target, mask, norm_pix)
+        return masked_mse_ref(pred, target, mask, norm_pix)
     need_mask = _needs_grad(mask) and mask.is_floating_point()
     loss, *_ = torch.ops.maskspec.masked_mse(
         pred, target, mask, norm_pix, _needs_grad(pred), _needs_grad(target), not need_mask
     )
     return loss
-
-
-def masked_mse_on_masked_ref(
-    pred_masked: Tensor, target: Tensor, ids_masked: Tensor, norm_pix: bool = True
-) -> Tensor:
-    """Reference for :func:`masked_mse_on_masked`: gather the target rows, then the plain masked MSE with every
-    row scored."""
-    p = target.shape[-1]
-    t = torch.gather(target, 1, ids_masked.unsqueeze(-1).expand(-1, -1, p))  # (B, M, P)
-    ones = torch.ones(pred_masked.shape[:2], device=pred_masked.device, dtype=torch.float32)
-    return masked_mse(pred_masked, t, ones, norm_pix)
 
 
 def masked_mse_on_masked(
@@ -340,14 +330,17 @@ def masked_mse_on_masked(
 
 
 class MaskedMSELoss(nn.Module):
-    """``nn.Module`` form of :func:`masked_mse_fused`: ``loss = MaskedMSELoss()(pred, target, mask)``."""
+    """``nn.Module`` form of :func:`masked_mse`: ``loss = MaskedMSELoss()(pred, target, mask)``."""
 
     def __init__(self, norm_pix: bool = True) -> None:
         super().__init__()
         self.norm_pix = norm_pix
 
     def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        return masked_mse_fused(pred, target, mask, self.norm_pix)
+        return masked_mse(pred, target, mask, self.norm_pix)
 
     def extra_repr(self) -> str:
         return f"norm_pix={self.norm_pix}"
+
+
+masked_mse_fused = masked_mse  # the name of earlier versions
