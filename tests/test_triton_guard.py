@@ -92,3 +92,17 @@ def test_launch_on_second_gpu_while_first_is_current():
     ids = torch.argsort(torch.rand(2, 31, device=dev), dim=1)[:, :7]
     torch.cuda.set_device(0)
     torch.testing.assert_close(gather_visible(x, ids), gather_visible_ref(x, ids), atol=0, rtol=0)
+
+
+def test_one_dispatch_rule_for_every_fast_op(monkeypatch):
+    """backend_for is the rule: CUDA -> triton, CPU -> C++ for ops that have it (reference when not built),
+    the interpreter for the others under TRITON_INTERPRET=1, else the reference."""
+    from maskspec_fast.ops import _triton_utils as tu
+
+    cpu = torch.empty(1)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert tu.backend_for(cpu, cpp=True) == "cpp" and tu.backend_for(cpu, cpp=False) == "reference"
+    assert tu.backend_for(cpu) == ("triton" if tu.HAS_TRITON else "reference") and tu.use_triton(cpu) == tu.HAS_TRITON
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert tu.backend_for(cpu) == "reference" and not tu.use_triton(cpu)
+    assert tu.backend_for(torch.empty(1, device="meta")) == "reference"

@@ -1,10 +1,12 @@
-"""Shared plumbing for the Triton ops: the import guard, the dispatch rule, input checks and the NaN-poison hook.
+"""Shared plumbing for the fast ops (Triton and C++): the Triton import guard, the one dispatch rule, device guards,
+input checks and the NaN-poison hook.
 
-Dispatch rule (one place, used by every op):
+Dispatch rule (one place, :func:`backend_for`, used by every fast op):
 
 * CUDA tensors -> compiled Triton kernels (when triton is installed);
-* CPU tensors with ``TRITON_INTERPRET=1`` -> the same kernels in Triton's interpreter (how CI tests them);
-* otherwise (CPU without the interpreter, or no triton) -> the plain-PyTorch reference.
+* CPU tensors, ops with a C++ version (patchify) -> the C++ extension (the reference when it is not built);
+* CPU tensors, other ops, ``TRITON_INTERPRET=1`` -> the Triton kernels in Triton's interpreter (how CI tests them);
+* otherwise -> the plain-PyTorch reference.
 """
 from __future__ import annotations
 
@@ -31,13 +33,22 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """Whether an op on ``t`` runs the Triton kernels (see the module docstring)."""
-    if not HAS_TRITON:
-        return False
+def backend_for(t: torch.Tensor, cpp: bool | None = None) -> str:
+    """``"triton"``, ``"cpp"`` or ``"reference"``: what a fast op runs for tensor ``t`` (module docstring).
+    ``cpp``: None for ops without a C++ version, else whether the extension is loaded."""
     if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and interpret_mode()
+        return "triton" if HAS_TRITON else "reference"
+    if t.device.type == "cpu":
+        if cpp is not None:
+            return "cpp" if cpp else "reference"
+        if HAS_TRITON and interpret_mode():
+            return "triton"
+    return "reference"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op without a C++ version runs the Triton kernels on ``t`` (:func:`backend_for`)."""
+    return backend_for(t) == "triton"
 
 
 def triton_status() -> str:

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack
 
+from ._triton_utils import HAS_TRITON, backend_for
 from .masked_mse import NORM_PIX_EPS, normalize_patches
 from .patchify import as_image
 from .patchify import patchify as patchify_ref
@@ -88,13 +89,27 @@ def _cpu_ext() -> ModuleType | None:
 
 
 def _cuda_triton() -> ModuleType | None:
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         _warn_once("cuda", "triton is not installed; fused patchify on CUDA uses the PyTorch reference "
                            "(pip install triton)")
         return None
     from . import triton_patchify
 
     return triton_patchify
+
+
+def _kernels(t: torch.Tensor) -> tuple[str, ModuleType | None]:
+    """The package's one dispatch rule (:func:`~._triton_utils.backend_for`) with this op's C++ version:
+    ``("cpp", _C)``, ``("triton", triton_patchify)`` or ``("reference", None)`` for tensor ``t``."""
+    ext = _cpu_ext() if t.device.type == "cpu" else None
+    backend = backend_for(t, cpp=ext is not None)
+    if backend == "cpp":
+        return backend, ext
+    if backend == "triton":
+        tri = _cuda_triton()
+        if tri is not None:
+            return backend, tri
+    return "reference", None
 
 
 def _threads() -> int:
@@ -123,35 +138,29 @@ def _owned(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 def _patchify_impl(spec: torch.Tensor, patch: int, eps: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     b, f, t = spec.shape
     n = (f // patch) * (t // patch)
-    if spec.device.type == "cpu":
-        ext = _cpu_ext()
-        if ext is not None:
-            spec = _time_unit_stride(spec)
-            out = torch.empty(b, n, patch * patch, dtype=spec.dtype)  # (B, L, p*p)
-            tgt = torch.empty(b, n, patch * patch, dtype=torch.float32) if eps is not None else None
-            ext.patchify(_dl(spec), patch, _dl(out), None if tgt is None else _dl(tgt),
+    backend, kernels = _kernels(spec)
+    if backend == "cpp":
+        spec = _time_unit_stride(spec)
+        out = torch.empty(b, n, patch * patch, dtype=spec.dtype)  # (B, L, p*p)
+        tgt = torch.empty(b, n, patch * patch, dtype=torch.float32) if eps is not None else None
+        kernels.patchify(_dl(spec), patch, _dl(out), None if tgt is None else _dl(tgt),
                          NORM_PIX_EPS if eps is None else eps, _threads())
-            return out, tgt
-    elif spec.is_cuda:
-        tri = _cuda_triton()
-        if tri is not None:
-            return tri.patchify_triton(spec, patch, eps)
+        return out, tgt
+    if backend == "triton":
+        return kernels.patchify_triton(spec, patch, eps)
     out = _owned(patchify_ref(spec, patch), spec)
     return out, (normalize_patches(out.float(), eps) if eps is not None else None)
 
 
 def _patch_targets_impl(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
-    if spec.device.type == "cpu":
-        ext = _cpu_ext()
-        if ext is not None:
-            spec = _time_unit_stride(spec)
-            out = torch.empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)  # (B, M, p*p)
-            ext.patch_targets(_dl(spec), _dl(ids), patch, _dl(out), eps, _threads())
-            return out
-    elif spec.is_cuda:
-        tri = _cuda_triton()
-        if tri is not None:
-            return tri.patch_targets_triton(spec, ids, patch, eps)
+    backend, kernels = _kernels(spec)
+    if backend == "cpp":
+        spec = _time_unit_stride(spec)
+        out = torch.empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)  # (B, M, p*p)
+        kernels.patch_targets(_dl(spec), _dl(ids), patch, _dl(out), eps, _threads())
+        return out
+    if backend == "triton":
+        return kernels.patch_targets_triton(spec, ids, patch, eps)
     p = patchify_ref(spec, patch)  # (B, L, p*p)
     if ids.dim() != 2 or ids.shape[0] != p.shape[0]:
         raise ValueError(f"ids: expected (B, M) with B = {p.shape[0]}, got {tuple(ids.shape)}")
@@ -161,16 +170,13 @@ def _patch_targets_impl(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: 
 
 def _unpatchify_impl(patches: torch.Tensor, gf: int, gt: int, patch: int, out_f: int, out_t: int) -> torch.Tensor:
     b = patches.shape[0]
-    if patches.device.type == "cpu":
-        ext = _cpu_ext()
-        if ext is not None:
-            out = torch.empty(b, out_f, out_t, dtype=patches.dtype)  # (B, F, T)
-            ext.unpatchify(_dl(patches.contiguous()), gf, gt, patch, _dl(out), _threads())
-            return out
-    elif patches.is_cuda:
-        tri = _cuda_triton()
-        if tri is not None:
-            return tri.unpatchify_triton(patches, gf, gt, patch, out_f, out_t)
+    backend, kernels = _kernels(patches)
+    if backend == "cpp":
+        out = torch.empty(b, out_f, out_t, dtype=patches.dtype)  # (B, F, T)
+        kernels.unpatchify(_dl(patches.contiguous()), gf, gt, patch, _dl(out), _threads())
+        return out
+    if backend == "triton":
+        return kernels.unpatchify_triton(patches, gf, gt, patch, out_f, out_t)
     img = unpatchify_ref(patches, (gf, gt), patch)  # (B, gf*p, gt*p)
     if (out_f, out_t) == tuple(img.shape[1:]):
         return _owned(img.contiguous(), patches)

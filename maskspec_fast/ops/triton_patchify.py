@@ -14,18 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ._triton_utils import on_device
+from ._triton_utils import HAS_TRITON, on_device, tl, triton  # the one Triton import guard
 from .masked_mse import NORM_PIX_EPS
-
-try:  # optional: the package imports without triton
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-    HAS_TRITON = False
 
 __all__ = ["HAS_TRITON", "patch_targets_triton", "patchify_triton", "unpatchify_triton"]
 
