@@ -334,3 +334,27 @@ def test_pretraining_uses_the_models_own_mask_ratio(tmp_path):
     other = model(spec, mask_ratio=0.75, noise=noise[:, 0])[0]
     # the training step scores masked patches only (another summation order than the full prediction's loss)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-7) and not torch.allclose(got, other, rtol=1e-3)
+
+
+def test_early_stopping_and_evaluating_the_starting_point(tmp_path):
+    from maskspec_fast import Classifier, ModelConfig
+    from maskspec_fast.data import SyntheticSounds
+    from maskspec_fast.frontend.logmel import LogMel
+    from maskspec_fast.train import TrainConfig, train
+    from maskspec_fast.train.tasks import FinetuneTask
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64)
+    ds = SyntheticSounds(24, clip_seconds=0.64, train=True)
+    scores = iter([0.5, 0.9, 0.8, 0.7, 0.6, 0.95])  # best after the 1st step, then worse 3 times
+    seen = []
+
+    def evaluate(model):
+        seen.append(1)
+        return "accuracy", next(scores), {}
+
+    config = TrainConfig(out=str(tmp_path), batch_size=4, lr=1e-3, steps=20, warmup_steps=1, save_every=0,
+                         log_every=1, quiet=True, workers=0, eval_every=1, eval_at_start=True, patience=3)
+    result = train(FinetuneTask(Classifier(cfg, ds.num_classes), False), ds, config, LogMel(), torch.device("cpu"),
+                   log=lambda *a: None, evaluate=evaluate)
+    assert len(seen) == 5 and result["steps"] == 4  # start + 4 steps, stopped 3 evaluations after the best
+    assert result["best"] == {"metric": "accuracy", "value": 0.9, "step": 1}

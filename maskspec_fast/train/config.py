@@ -52,6 +52,8 @@ class TrainConfig:
     log_every: int = 5
     picture_every: int = 0
     eval_every: int = 0
+    eval_at_start: bool = False  # evaluate the starting point too (it competes for the best checkpoint)
+    patience: int = 0  # stop after this many evaluations without improvement (0: never stop early)
     tensorboard: bool = False
     quiet: bool = False
 

@@ -209,6 +209,7 @@ class Trainer:
         st = self.state
         name, value, _ = self.evaluate(self.model)
         improved = value == value and (st.best is None or value > st.best["value"])
+        self._stale = 0 if improved else self._stale + 1
         if improved:
             st.best = {"metric": name, "value": value, "step": st.step}
         if self.info.is_main:
@@ -220,7 +221,18 @@ class Trainer:
             if self.info.is_main:
                 write_json_atomic(self.out / "best.json", {**st.best, "checkpoint": str(self.out / "checkpoints" / "best")})
 
-    def _after_step(self, result: tuple[float, float, float]) -> None:
+    def _stop_early(self) -> bool:
+        """After ``config.patience`` evaluations in a row without improvement (logged once)."""
+        patience = self.config.patience
+        if not patience or self._stale < patience:
+            return False
+        best = self.state.best
+        self.log(f"early stop at step {self.state.step}: no better {best['metric'] if best else 'metric'} in "
+                 f"{self._stale} evaluations (best at step {best['step'] if best else '-'})")
+        return True
+
+    def _after_step(self, result: tuple[float, float, float]) -> bool:
+        """Log, picture, evaluate and save after a step; True when training should stop early."""
         cfg, step, main = self.config, self.state.step, self.info.is_main
         last = step == cfg.steps
         if main and (step % cfg.log_every == 0 or last):
@@ -231,8 +243,11 @@ class Trainer:
                               f"step {step}")
         if self.eval_every and (step % self.eval_every == 0 or last):
             self._run_eval()
+            if self._stop_early():
+                return True
         if cfg.save_every and step % cfg.save_every == 0 and not last:
             self.save()
+        return False
 
     # --- the run --------------------------------------------------------------------------------------------------
     def _open_outputs(self) -> None:
@@ -252,6 +267,7 @@ class Trainer:
                         dynamic_ncols=True, disable=cfg.quiet or not main)
         self._t0 = self._last_t = time.time()
         self._last_step = self.state.step
+        self._stale = 0  # evaluations since the last improvement
 
     def _close_outputs(self) -> None:
         self.bar.close()
@@ -274,12 +290,14 @@ class Trainer:
         self._open_outputs()
         self.model.train()
         self.frontend.train(self.task.name == "pretrain")
-        while st.step < cfg.steps:
+        if self.eval_every and st.step == 0 and cfg.eval_at_start:
+            self._run_eval()  # the starting point competes too (e.g. LP-FT: the linear-probe head)
+        stop = False
+        while st.step < cfg.steps and not stop:
             for batch in self.input.epoch(st.epoch, st.batch_in_epoch):
                 result = self._step(batch)
-                if result is not None:
-                    self._after_step(result)
-                if st.step >= cfg.steps:
+                stop = result is not None and self._after_step(result)
+                if stop or st.step >= cfg.steps:
                     break
             else:
                 st.next_epoch()
