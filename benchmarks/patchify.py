@@ -1,12 +1,11 @@
-"""Fused patchify + normalized targets vs the PyTorch reference, at the MaskSpec shapes.
+"""Fused patchify vs the PyTorch reference, at the MaskSpec shapes: only what the model's two paths run.
 
 Rows, per (shape, dtype, threads):
 
-* ``patches+targets``: reference ``normalize_patches(patchify(x).float())`` (patches kept too) vs
-  ``patchify_fused(x, norm_pix=True)`` (one pass: C++ on CPU, Triton on CUDA);
-* ``patches``: ``patchify(x)`` (permute + copy) vs ``patchify_fused(x)``;
-* ``masked targets``: targets of the masked 75 % only -- reference patchify + normalize + gather vs
-  ``patch_targets(x, ids)``.
+* ``patches``: ``patchify_ref(x)`` (permute + copy) vs ``patchify_fused(x)`` (C++ on CPU, Triton on CUDA);
+* ``tokens+patches``: the model's input stage. Reference path: the Conv2d patch embedding on the image plus
+  ``patchify_ref`` for the loss targets; fused path: ``patchify_fused`` once, then a Linear on those patches
+  (``patch_tokens``), the same patches serving as targets. Embedding width ``--embed-dim`` (tiny: 192).
 
 Timing: ``--num-warm-iter`` untimed calls, then ``--num-bench-iter`` timed ones (synchronized on CUDA); median
 and p20/p80. Throughput counts the bytes a single pass must move (read the spectrogram, write the outputs).
@@ -33,51 +32,50 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RowSink, environment, peak_rss, print_table, reset_peak_rss, time_fn, write_json  # noqa: E402
 
-from maskspec_fast.ops import normalize_patches, patchify  # noqa: E402
-from maskspec_fast.ops.patchify_fused import patch_targets, patchify_fused, status  # noqa: E402
+from maskspec_fast.layers import PatchEmbed  # noqa: E402
+from maskspec_fast.ops.patchify import patch_tokens_ref, patchify_ref  # noqa: E402
+from maskspec_fast.ops.patchify_fused import patch_tokens, patchify_fused, status  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cases(x: torch.Tensor, patch: int, ids: torch.Tensor) -> dict[str, tuple[Callable, Callable, int]]:
+def cases(x: torch.Tensor, patch: int, embed: PatchEmbed) -> dict[str, tuple[Callable, Callable, int]]:
     """name -> (reference, fused, bytes one pass must move)."""
     b, f, t = x.shape
     n, pp = (f // patch) * (t // patch), patch * patch
     esz = x.element_size()
     src = b * (f // patch * patch) * (t // patch * patch) * esz  # the part of the spectrogram that is read
-    m = ids.shape[1]
+    img = x.unsqueeze(1)  # (B, 1, F, T)
+    d = embed.proj.out_channels
 
-    def ref_norm():
-        p = patchify(x, patch)
-        return p, normalize_patches(p.float())
+    def ref_tokens():
+        return patch_tokens_ref(img, None, embed), patchify_ref(x, patch)  # Conv2d tokens + target patches
 
-    def ref_masked():
-        p = patchify(x, patch)
-        return normalize_patches(torch.gather(p, 1, ids.unsqueeze(-1).expand(-1, -1, pp)).float())
+    def fused_tokens():
+        p = patchify_fused(x, patch)  # read once
+        return patch_tokens(img, p, embed), p
 
     return {
-        "patches+targets": (ref_norm, lambda: patchify_fused(x, patch, norm_pix=True), src + b * n * pp * (esz + 4)),
-        "patches": (lambda: patchify(x, patch), lambda: patchify_fused(x, patch), src + b * n * pp * esz),
-        "masked targets": (ref_masked, lambda: patch_targets(x, ids, patch), src * m // n + b * m * pp * 4),
+        "patches": (lambda: patchify_ref(x, patch), lambda: patchify_fused(x, patch), src + b * n * pp * esz),
+        "tokens+patches": (ref_tokens, fused_tokens, src + b * n * (pp + d) * esz),
     }
 
 
-def make_inputs(b: int, f: int, t: int, dtype: torch.dtype, patch: int, device: torch.device, mask_ratio: float):
+def make_inputs(b: int, f: int, t: int, dtype: torch.dtype, patch: int, device: torch.device,
+                embed_dim: int) -> tuple[torch.Tensor, PatchEmbed]:
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(b, f, t, generator=g) * 3 - 5).to(device=device, dtype=dtype)
-    n = (f // patch) * (t // patch)
-    keep = int(n * (1 - mask_ratio))
-    ids = torch.argsort(torch.rand(b, n, generator=g), dim=1)[:, keep:].to(device)  # (B, M) masked ids
-    return x, ids
+    embed = PatchEmbed(patch, embed_dim).to(device=device, dtype=dtype)
+    return x, embed
 
 
 def memory_worker(spec: dict[str, Any]) -> None:
     """Child process: print {case: {"ref": bytes, "fused": bytes}} of peak extra memory per call."""
     torch.set_num_threads(spec["threads"])
-    x, ids = make_inputs(spec["b"], spec["f"], spec["t"], DTYPES[spec["dtype"]], spec["patch"], torch.device("cpu"),
-                         spec["mask_ratio"])
+    x, embed = make_inputs(spec["b"], spec["f"], spec["t"], DTYPES[spec["dtype"]], spec["patch"], torch.device("cpu"),
+                           spec["embed_dim"])
     out = {}
-    for name, (ref, fused, _) in cases(x, spec["patch"], ids).items():
+    for name, (ref, fused, _) in cases(x, spec["patch"], embed).items():
         out[name] = {}
         for label, fn in (("ref", ref), ("fused", fused)):
             fn()  # first call: lazy init (op registration, thread pools) is not the op's memory
@@ -117,7 +115,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--dtypes", default="fp32,bf16", help=f"comma-separated, from {sorted(DTYPES)}")
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)")
-    ap.add_argument("--mask-ratio", type=float, default=0.75)
+    ap.add_argument("--embed-dim", type=int, default=192, help="patch-embedding width of the tokens row (tiny: 192)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--num-warm-iter", type=int, default=5)
     ap.add_argument("--num-bench-iter", type=int, default=30)
@@ -142,14 +140,14 @@ def main() -> None:
     for shape in args.shapes.split(","):
         f, t = (int(v) for v in shape.lower().split("x"))
         for dname in args.dtypes.split(","):
-            x, ids = make_inputs(args.batch, f, t, DTYPES[dname], args.patch, device, args.mask_ratio)
+            x, embed = make_inputs(args.batch, f, t, DTYPES[dname], args.patch, device, args.embed_dim)
             for nt in threads:
                 torch.set_num_threads(nt)
                 mem = None
                 if not args.no_memory and device.type == "cpu":
                     mem = measure_memory(dict(b=args.batch, f=f, t=t, dtype=dname, patch=args.patch, threads=nt,
-                                              mask_ratio=args.mask_ratio))
-                for name, (ref, fused, nbytes) in cases(x, args.patch, ids).items():
+                                              embed_dim=args.embed_dim))
+                for name, (ref, fused, nbytes) in cases(x, args.patch, embed).items():
                     tr = time_fn(ref, device, args.num_warm_iter, args.num_bench_iter)
                     tf = time_fn(fused, device, args.num_warm_iter, args.num_bench_iter)
                     row = {

@@ -1,13 +1,11 @@
-// maskspec_fast._C: fused patchify, per-patch normalized targets and unpatchify on CPU.
+// maskspec_fast._C: fused patchify and unpatchify on CPU.
 //
-// Contract (the reference is maskspec_fast.ops.patchify / masked_mse.normalize_patches):
+// Contract (the reference is maskspec_fast.ops.patchify.patchify_ref / unpatchify):
 //   patches[b, i*gt + j, u*p + v] = spec[b, i*p + u, j*p + v]       (frames past the last whole patch dropped)
-//   targets[b, l, k] = (x_k - mean) / sqrt(var + eps)  over the p*p values x of patch l, var UNBIASED.
 //
 // Tensors arrive as DLPack capsules (torch.utils.dlpack.to_dlpack), so nothing here links libtorch and one
 // build works with any torch version. Every output is allocated by torch in Python and only filled here.
-// 16-bit tensors are handled as raw uint16: patch copies are bit copies, statistics are computed in fp32
-// (sums in fp64, in a fixed order) and targets are always fp32.
+// 16-bit tensors are handled as raw uint16: patch copies are bit copies.
 //
 // Work is split over independent output pieces (batch x patch-row x chunk of patches, or output rows), each
 // written by exactly one thread with the same arithmetic, so results do not depend on the thread count. Tasks
@@ -34,7 +32,7 @@ namespace py = pybind11;
 namespace maskspec {
 namespace {
 
-constexpr int kAbi = 1;  // bumped when a signature changes; the Python wrapper refuses a stale build
+constexpr int kAbi = 2;  // bumped when a signature changes; the Python wrapper refuses a stale build
 
 enum class Kind { F32, F16, BF16, I64 };
 
@@ -214,47 +212,6 @@ int resolve_threads(int num_threads, int64_t ntask) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, ntask)));
 }
 
-// x86-64: also compile an AVX2 version, picked at load time (the binary still runs on any x86-64). Same
-// operations in the same order (CMakeLists.txt turns FMA contraction off), so both give identical results.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define MASKSPEC_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef MASKSPEC_CLONES
-#define MASKSPEC_CLONES
-#endif
-
-// dst[k] = (x[k] - mean) / sqrt(var + eps), var unbiased, over n values. Sums run in fp64 over W fixed lanes
-// (a fixed order, so vectorizable and identical on every thread); the final formula is evaluated in fp32
-// exactly as normalize_patches does.
-MASKSPEC_CLONES void normalize(const float* x, int64_t n, float eps, float* dst) {
-  constexpr int W = 8;
-  const int64_t nw = n - n % W;  // the lane-split part; the rest is summed after it
-  double acc[W] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t k = 0; k < nw; k += W)
-    for (int l = 0; l < W; ++l) acc[l] += x[k + l];
-  double s = 0.0;
-  for (int l = 0; l < W; ++l) s += acc[l];
-  for (int64_t k = nw; k < n; ++k) s += x[k];
-  const double mean = s / static_cast<double>(n);
-
-  double acc2[W] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t k = 0; k < nw; k += W)
-    for (int l = 0; l < W; ++l) {
-      const double d = x[k + l] - mean;
-      acc2[l] += d * d;
-    }
-  double m2 = 0.0;
-  for (int l = 0; l < W; ++l) m2 += acc2[l];
-  for (int64_t k = nw; k < n; ++k) m2 += (x[k] - mean) * (x[k] - mean);
-
-  const float meanf = static_cast<float>(mean);
-  const float varf = static_cast<float>(m2 / static_cast<double>(n - 1));  // n == 1 -> NaN, as torch.var
-  const float denom = std::sqrt(varf + eps);
-  for (int64_t k = 0; k < n; ++k) dst[k] = (x[k] - meanf) / denom;
-}
-
 template <Kind K> struct Elem;
 template <> struct Elem<Kind::F32> {
   using T = float;
@@ -269,20 +226,12 @@ template <> struct Elem<Kind::BF16> {
   static float f(T x) { return bf16_to_float(x); }
 };
 
-MASKSPEC_CLONES void widen(const uint16_t* src, int64_t n, bool bf16, float* dst) {
-  if (bf16) {
-    for (int64_t k = 0; k < n; ++k) dst[k] = bf16_to_float(src[k]);
-  } else {
-    for (int64_t k = 0; k < n; ++k) dst[k] = fp16_to_float(src[k]);
-  }
-}
-
 // One task = one batch item x one patch row i x a chunk of up to kChunk patches along time. P > 0 fixes
 // the patch size at compile time (the common 16) so the row copies become fixed-size vector moves.
 constexpr int64_t kChunk = 8;
 
 template <Kind K, int P>
-void patchify_kernel(const Arg& spec, int64_t p_rt, typename Elem<K>::T* out, float* tgt, float eps, int nt) {
+void patchify_kernel(const Arg& spec, int64_t p_rt, typename Elem<K>::T* out, int nt) {
   using T = typename Elem<K>::T;
   const int64_t p = P > 0 ? P : p_rt;
   const int64_t pp = p * p;
@@ -294,7 +243,6 @@ void patchify_kernel(const Arg& spec, int64_t p_rt, typename Elem<K>::T* out, fl
   (void)nt;
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> buf(K == Kind::F32 || !tgt ? 0 : pp);
 #pragma omp for schedule(dynamic, 8)
     for (int64_t task = 0; task < ntask; ++task) {
       const int64_t b = task / (gf * nch), rem = task % (gf * nch), i = rem / nch, c = rem % nch;
@@ -305,43 +253,6 @@ void patchify_kernel(const Arg& spec, int64_t p_rt, typename Elem<K>::T* out, fl
         const T* row = base + u * sF;
         for (int64_t j = j0; j < j1; ++j) std::memcpy(obase + j * pp + u * p, row + j * p, p * sizeof(T));
       }
-      if (!tgt) continue;
-      // the chunk's patches were just written and are still in L1: normalize them from there
-      for (int64_t j = j0; j < j1; ++j) {
-        const T* pt = obase + j * pp;
-        float* dst = tgt + (b * L + i * gt + j) * pp;
-        if constexpr (K == Kind::F32) {
-          normalize(pt, pp, eps, dst);
-        } else {
-          widen(pt, pp, K == Kind::BF16, buf.data());
-          normalize(buf.data(), pp, eps, dst);
-        }
-      }
-    }
-  }
-}
-
-template <Kind K>
-void patch_targets_kernel(const Arg& spec, const Arg& ids, int64_t p, float* tgt, float eps, int nt) {
-  using T = typename Elem<K>::T;
-  const int64_t pp = p * p;
-  const int64_t B = ids.shape[0], M = ids.shape[1], gt = spec.shape[2] / p;
-  const int64_t sB = spec.stride[0], sF = spec.stride[1];
-  const T* src = reinterpret_cast<const T*>(spec.data);
-  const int64_t* id = reinterpret_cast<const int64_t*>(ids.data);
-  (void)nt;
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<float> buf(pp);
-#pragma omp for schedule(dynamic, 8)
-    for (int64_t task = 0; task < B * M; ++task) {
-      const int64_t b = task / M, m = task % M;
-      const int64_t l = id[b * ids.stride[0] + m * ids.stride[1]];
-      const int64_t i = l / gt, j = l % gt;
-      const T* base = src + b * sB + i * p * sF + j * p;
-      for (int64_t u = 0; u < p; ++u)
-        for (int64_t v = 0; v < p; ++v) buf[u * p + v] = Elem<K>::f(base[u * sF + v]);
-      normalize(buf.data(), pp, eps, tgt + task * pp);
     }
   }
 }
@@ -370,8 +281,7 @@ void unpatchify_kernel(const T* patches, int64_t B, int64_t gf, int64_t gt, int6
 // ---------------------------------------------------------------------------------------------------------
 // Python entry points: validate everything (naming the offending tensor), then release the GIL and run.
 
-void py_patchify(py::handle spec_c, int64_t patch, py::handle out_c, py::handle targets_c, double eps,
-                 int num_threads) {
+void py_patchify(py::handle spec_c, int64_t patch, py::handle out_c, int num_threads) {
   const Arg spec = unpack(spec_c, "spec");
   check_spec(spec, patch);
   const int64_t B = spec.shape[0], gf = spec.shape[1] / patch, gt = spec.shape[2] / patch;
@@ -380,68 +290,22 @@ void py_patchify(py::handle spec_c, int64_t patch, py::handle out_c, py::handle 
   expect_kind(out, spec.kind, " (the dtype of spec)");
   expect_shape(out, {B, L, pp});
   expect_contiguous(out);
-  float* tgt = nullptr;
-  if (!targets_c.is_none()) {
-    const Arg t = unpack(targets_c, "targets");
-    expect_kind(t, Kind::F32, " (targets are always fp32)");
-    expect_shape(t, {B, L, pp});
-    expect_contiguous(t);
-    tgt = reinterpret_cast<float*>(t.data);
-  }
   const int nt = resolve_threads(num_threads, B * gf * ((gt + kChunk - 1) / kChunk));
-  const float e = static_cast<float>(eps);
   py::gil_scoped_release nogil;
   switch (spec.kind) {
     case Kind::F32:
-      if (patch == 16) patchify_kernel<Kind::F32, 16>(spec, patch, reinterpret_cast<float*>(out.data), tgt, e, nt);
-      else patchify_kernel<Kind::F32, 0>(spec, patch, reinterpret_cast<float*>(out.data), tgt, e, nt);
+      if (patch == 16) patchify_kernel<Kind::F32, 16>(spec, patch, reinterpret_cast<float*>(out.data), nt);
+      else patchify_kernel<Kind::F32, 0>(spec, patch, reinterpret_cast<float*>(out.data), nt);
       break;
     case Kind::F16:
-      if (patch == 16) patchify_kernel<Kind::F16, 16>(spec, patch, reinterpret_cast<uint16_t*>(out.data), tgt, e, nt);
-      else patchify_kernel<Kind::F16, 0>(spec, patch, reinterpret_cast<uint16_t*>(out.data), tgt, e, nt);
+      if (patch == 16) patchify_kernel<Kind::F16, 16>(spec, patch, reinterpret_cast<uint16_t*>(out.data), nt);
+      else patchify_kernel<Kind::F16, 0>(spec, patch, reinterpret_cast<uint16_t*>(out.data), nt);
       break;
     case Kind::BF16:
-      if (patch == 16) patchify_kernel<Kind::BF16, 16>(spec, patch, reinterpret_cast<uint16_t*>(out.data), tgt, e, nt);
-      else patchify_kernel<Kind::BF16, 0>(spec, patch, reinterpret_cast<uint16_t*>(out.data), tgt, e, nt);
+      if (patch == 16) patchify_kernel<Kind::BF16, 16>(spec, patch, reinterpret_cast<uint16_t*>(out.data), nt);
+      else patchify_kernel<Kind::BF16, 0>(spec, patch, reinterpret_cast<uint16_t*>(out.data), nt);
       break;
     case Kind::I64: break;  // rejected by check_spec
-  }
-}
-
-void py_patch_targets(py::handle spec_c, py::handle ids_c, int64_t patch, py::handle targets_c, double eps,
-                      int num_threads) {
-  const Arg spec = unpack(spec_c, "spec");
-  check_spec(spec, patch);
-  const int64_t B = spec.shape[0], L = (spec.shape[1] / patch) * (spec.shape[2] / patch), pp = patch * patch;
-  const Arg ids = unpack(ids_c, "ids");
-  expect_ndim(ids, 2, "(B, M)");
-  expect_kind(ids, Kind::I64, " (patch indices)");
-  if (ids.shape[0] != B) {
-    value_error("ids", "batch " + std::to_string(ids.shape[0]) + " does not match spec's batch " + std::to_string(B));
-  }
-  const int64_t M = ids.shape[1];
-  const int64_t* id = reinterpret_cast<const int64_t*>(ids.data);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t l = id[b * ids.stride[0] + m * ids.stride[1]];
-      if (l < 0 || l >= L) {
-        value_error("ids", "value " + std::to_string(l) + " at [" + std::to_string(b) + ", " + std::to_string(m) +
-                               "] is out of range [0, " + std::to_string(L) + ")");
-      }
-    }
-  const Arg t = unpack(targets_c, "targets");
-  expect_kind(t, Kind::F32, " (targets are always fp32)");
-  expect_shape(t, {B, M, pp});
-  expect_contiguous(t);
-  float* tgt = reinterpret_cast<float*>(t.data);
-  const int nt = resolve_threads(num_threads, B * M);
-  const float e = static_cast<float>(eps);
-  py::gil_scoped_release nogil;
-  switch (spec.kind) {
-    case Kind::F32: patch_targets_kernel<Kind::F32>(spec, ids, patch, tgt, e, nt); break;
-    case Kind::F16: patch_targets_kernel<Kind::F16>(spec, ids, patch, tgt, e, nt); break;
-    case Kind::BF16: patch_targets_kernel<Kind::BF16>(spec, ids, patch, tgt, e, nt); break;
-    case Kind::I64: break;
   }
 }
 
@@ -512,7 +376,7 @@ void py_to_float32(py::handle src_c, py::handle out_c) {
 
 PYBIND11_MODULE(_C, m) {
   using namespace maskspec;
-  m.doc() = "maskspec_fast C++ kernels: fused patchify / normalized patch targets / unpatchify (CPU, OpenMP)";
+  m.doc() = "maskspec_fast C++ kernels: fused patchify / unpatchify (CPU, OpenMP)";
   m.attr("__abi__") = kAbi;
 #ifdef _OPENMP
   m.attr("has_openmp") = true;
@@ -532,13 +396,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "Threads a call with num_threads=0 would use (1 without OpenMP).");
-  m.def("patchify", &py_patchify, py::arg("spec"), py::arg("patch"), py::arg("out"), py::arg("targets") = py::none(),
-        py::arg("eps") = 1e-6, py::arg("num_threads") = 0,
-        "spec (B, F, T) -> out (B, L, p*p) [same dtype]; optionally targets (B, L, p*p) fp32, normalized per "
-        "patch, in the same pass. All arguments are DLPack capsules of CPU tensors.");
-  m.def("patch_targets", &py_patch_targets, py::arg("spec"), py::arg("ids"), py::arg("patch"), py::arg("targets"),
-        py::arg("eps") = 1e-6, py::arg("num_threads") = 0,
-        "spec (B, F, T), ids (B, M) int64 -> targets (B, M, p*p) fp32: normalized patches ids[b, m] only.");
+  m.def("patchify", &py_patchify, py::arg("spec"), py::arg("patch"), py::arg("out"), py::arg("num_threads") = 0,
+        "spec (B, F, T) -> out (B, L, p*p) [same dtype]. All arguments are DLPack capsules of CPU tensors.");
   m.def("unpatchify", &py_unpatchify, py::arg("patches"), py::arg("gf"), py::arg("gt"), py::arg("patch"),
         py::arg("out"), py::arg("num_threads") = 0,
         "patches (B, gf*gt, p*p) -> out (B, F, T) with F >= gf*p, T >= gt*p; outside the grid is zero.");

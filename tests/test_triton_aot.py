@@ -70,7 +70,7 @@ def test_every_launch_compiles_for_sm80_and_sm90(aot):
 def test_every_kernel_covered_at_every_dtype_and_arch(aot):
     """A new ``*_kernel`` that the AOT launch list does not exercise fails here instead of escaping the check."""
     kernels = {n for names in aot["jit_functions"].values() for n in names if n.endswith("_kernel")}
-    assert len(kernels) >= 8, aot["jit_functions"]
+    assert len(kernels) >= 7, aot["jit_functions"]  # gathers (4), masked MSE, patchify, unpatchify
     done = {(r["kernel"], r["dtype"], r["arch"]) for r in aot["results"] if r["ok"]}
     missing = [(k, d, a) for k in sorted(kernels) for d in DTYPES for a in ARCHS if (k, d, a) not in done]
     assert not missing, f"kernels not compiled: {missing}"

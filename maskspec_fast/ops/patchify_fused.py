@@ -1,26 +1,24 @@
-"""Fused patchify, per-patch normalized targets and unpatchify as ``torch.library`` custom ops.
+"""Fused patchify and unpatchify as ``torch.library`` custom ops: the fast ``patchify`` / ``patch_tokens`` of the
+model's op table (:mod:`maskspec_fast.fused`).
 
-Same contract as the references (:func:`maskspec_fast.ops.patchify.patchify`, :func:`~.patchify.unpatchify`,
-:func:`maskspec_fast.ops.masked_mse.normalize_patches`), with ``p`` the patch size, ``gf = F // p``,
-``gt = T // p`` and ``L = gf * gt``::
+Same contract as the references (:func:`maskspec_fast.ops.patchify.patchify_ref`, :func:`~.patchify.unpatchify`),
+with ``p`` the patch size, ``gf = F // p``, ``gt = T // p`` and ``L = gf * gt``::
 
     patches[b, i*gt + j, u*p + v] = spec[b, i*p + u, j*p + v]        (frames past the last whole patch dropped)
-    targets[b, l, k] = (x_k - mean(x)) / sqrt(var(x) + eps)           x = patches[b, l, :], var UNBIASED
 
-What runs where (chosen per call from the tensor's device, see :func:`status`):
+The model reads the input once: the same patches feed the token embedding (a Linear, :func:`patch_tokens`) and
+the loss targets (the loss kernels normalize them per patch themselves, so no separate target op exists).
 
-* CPU: the C++ extension ``maskspec_fast._C`` (OpenMP over batch x patches, one pass that writes patches and
-  targets together); when it is not built, the PyTorch reference, with one ``RuntimeWarning`` the first time.
+What runs where (the package's one dispatch rule, :func:`~._triton_utils.backend_for`; see :func:`status`):
+
+* CPU: the C++ extension ``maskspec_fast._C`` (OpenMP over batch x patches); when it is not built, the PyTorch
+  reference, with one ``RuntimeWarning`` the first time.
 * CUDA: the Triton kernels of :mod:`maskspec_fast.ops.triton_patchify`; the reference without Triton.
 
-Dtypes: float32, float16, bfloat16. Patches keep the input dtype and are bit-exact copies. Targets are always
-**float32**, computed from the (possibly 16-bit) patch values in fp32 math, which equals
-``normalize_patches(patchify(spec).float())`` up to fp32 rounding (the reference computes them in the input
-dtype only if asked to; MAE's loss is computed in fp32 anyway, see :func:`~.masked_mse.masked_mse`).
+Dtypes: float32, float16, bfloat16. Patches keep the input dtype and are bit-exact copies.
 
 Autograd: the gradient of ``patches`` w.r.t. ``spec`` is the unpatchify of the upstream gradient into the
-input's shape, zero in the dropped frames. ``targets`` are a loss target: no gradient flows through them
-(they are marked non-differentiable, as MAE computes them from the input image without gradient).
+input's shape, zero in the dropped frames.
 """
 from __future__ import annotations
 
@@ -34,20 +32,18 @@ import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack
 
 from ._triton_utils import HAS_TRITON, backend_for
-from .masked_mse import NORM_PIX_EPS, normalize_patches
 from .patchify import as_image
 from .patchify import patchify as patchify_ref
 from .patchify import unpatchify as unpatchify_ref
 
 __all__ = [
-    "patch_targets",
     "patch_tokens_fused",
     "patchify_fused",
     "status",
     "unpatchify_fused",
 ]
 
-_ABI = 1  # must equal kAbi in csrc/patchify.cpp; a stale build is treated as missing
+_ABI = 2  # must equal kAbi in csrc/patchify.cpp; a stale build is treated as missing
 
 _ext: ModuleType | None = None
 _ext_error: str | None = None
@@ -135,37 +131,18 @@ def _owned(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 # Implementations behind the ops. spec is always 3-D (B, F, T) here.
 
 
-def _patchify_impl(spec: torch.Tensor, patch: int, eps: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _patchify_impl(spec: torch.Tensor, patch: int) -> torch.Tensor:
     b, f, t = spec.shape
     n = (f // patch) * (t // patch)
     backend, kernels = _kernels(spec)
     if backend == "cpp":
         spec = _time_unit_stride(spec)
         out = torch.empty(b, n, patch * patch, dtype=spec.dtype)  # (B, L, p*p)
-        tgt = torch.empty(b, n, patch * patch, dtype=torch.float32) if eps is not None else None
-        kernels.patchify(_dl(spec), patch, _dl(out), None if tgt is None else _dl(tgt),
-                         NORM_PIX_EPS if eps is None else eps, _threads())
-        return out, tgt
-    if backend == "triton":
-        return kernels.patchify_triton(spec, patch, eps)
-    out = _owned(patchify_ref(spec, patch), spec)
-    return out, (normalize_patches(out.float(), eps) if eps is not None else None)
-
-
-def _patch_targets_impl(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
-    backend, kernels = _kernels(spec)
-    if backend == "cpp":
-        spec = _time_unit_stride(spec)
-        out = torch.empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)  # (B, M, p*p)
-        kernels.patch_targets(_dl(spec), _dl(ids), patch, _dl(out), eps, _threads())
+        kernels.patchify(_dl(spec), patch, _dl(out), _threads())
         return out
     if backend == "triton":
-        return kernels.patch_targets_triton(spec, ids, patch, eps)
-    p = patchify_ref(spec, patch)  # (B, L, p*p)
-    if ids.dim() != 2 or ids.shape[0] != p.shape[0]:
-        raise ValueError(f"ids: expected (B, M) with B = {p.shape[0]}, got {tuple(ids.shape)}")
-    sel = torch.gather(p, 1, ids.unsqueeze(-1).expand(-1, -1, p.shape[-1]))  # (B, M, p*p)
-    return normalize_patches(sel.float(), eps)
+        return kernels.patchify_triton(spec, patch)
+    return _owned(patchify_ref(spec, patch), spec)
 
 
 def _unpatchify_impl(patches: torch.Tensor, gf: int, gt: int, patch: int, out_f: int, out_t: int) -> torch.Tensor:
@@ -191,19 +168,7 @@ def _unpatchify_impl(patches: torch.Tensor, gf: int, gt: int, patch: int, out_f:
 
 @torch.library.custom_op("maskspec::patchify", mutates_args=())
 def _patchify_op(spec: torch.Tensor, patch: int) -> torch.Tensor:
-    return _patchify_impl(spec, patch, None)[0]
-
-
-@torch.library.custom_op("maskspec::patchify_norm", mutates_args=())
-def _patchify_norm_op(spec: torch.Tensor, patch: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    out, tgt = _patchify_impl(spec, patch, eps)
-    assert tgt is not None
-    return out, tgt
-
-
-@torch.library.custom_op("maskspec::patch_targets", mutates_args=())
-def _patch_targets_op(spec: torch.Tensor, ids: torch.Tensor, patch: int, eps: float) -> torch.Tensor:
-    return _patch_targets_impl(spec, ids, patch, eps)
+    return _patchify_impl(spec, patch)
 
 
 @torch.library.custom_op("maskspec::unpatchify", mutates_args=())
@@ -217,18 +182,6 @@ def _(spec, patch):
     return spec.new_empty(b, (f // patch) * (t // patch), patch * patch)
 
 
-@_patchify_norm_op.register_fake
-def _(spec, patch, eps):
-    b, f, t = spec.shape
-    n = (f // patch) * (t // patch)
-    return spec.new_empty(b, n, patch * patch), spec.new_empty(b, n, patch * patch, dtype=torch.float32)
-
-
-@_patch_targets_op.register_fake
-def _(spec, ids, patch, eps):
-    return spec.new_empty(ids.shape[0], ids.shape[1], patch * patch, dtype=torch.float32)
-
-
 @_unpatchify_op.register_fake
 def _(patches, gf, gt, patch, out_f, out_t):
     return patches.new_empty(patches.shape[0], out_f, out_t)
@@ -237,29 +190,15 @@ def _(patches, gf, gt, patch, out_f, out_t):
 def _patchify_setup(ctx, inputs, output):
     spec, patch = inputs[0], inputs[1]
     ctx.grid_shape = (spec.shape[1], spec.shape[2], patch)
-    if isinstance(output, tuple):
-        ctx.mark_non_differentiable(output[1])  # targets
 
 
-def _patchify_backward(ctx, grad, *_ignored):
+def _patchify_backward(ctx, grad):
     f, t, p = ctx.grid_shape
     g = None if grad is None else _unpatchify_op(grad.contiguous(), f // p, t // p, p, f, t)  # (B, F, T)
-    return (g, None) + (None,) * len(_ignored)  # len(_ignored) == 1 for patchify_norm (the eps input)
+    return g, None
 
 
 _patchify_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
-_patchify_norm_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
-
-
-def _patch_targets_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output)
-
-
-def _patch_targets_backward(ctx, grad):
-    return None, None, None, None
-
-
-_patch_targets_op.register_autograd(_patch_targets_backward, setup_context=_patch_targets_setup)
 
 
 def _unpatchify_setup(ctx, inputs, output):
@@ -283,31 +222,10 @@ def _as_bft(spec: torch.Tensor) -> torch.Tensor:
     return spec if spec.dim() == 3 else as_image(spec)[:, 0]  # (B, F, T), a view
 
 
-def patchify_fused(
-    spec: torch.Tensor, patch: int = 16, norm_pix: bool = False, eps: float = NORM_PIX_EPS
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Patchify ``spec`` and, with ``norm_pix``, compute MAE's normalized targets in the same pass.
-
-    spec: ``(B, F, T)`` or ``(B, 1, F, T)``, float32/float16/bfloat16. Returns patches ``(B, L, p*p)`` in the
-    input dtype (bit-identical to :func:`~.patchify.patchify`), or with ``norm_pix`` the pair
-    ``(patches, targets)``, targets ``(B, L, p*p)`` **float32**:
-    ``t = (x - mean(x)) / sqrt(var_unbiased(x) + eps)`` per patch. Differentiable in ``patches`` only.
-    """
-    x = _as_bft(spec)
-    if norm_pix:
-        return _patchify_norm_op(x, patch, float(eps))
-    return _patchify_op(x, patch)
-
-
-def patch_targets(
-    spec: torch.Tensor, ids: torch.Tensor, patch: int = 16, eps: float = NORM_PIX_EPS
-) -> torch.Tensor:
-    """Normalized targets for selected patches only: ``(B, M, p*p)`` float32.
-
-    ``out[b, m] = normalize_patches(patchify(spec)[b, ids[b, m]])`` with ids ``(B, M)`` int64 patch indices in
-    ``[0, L)`` per sample (e.g. the masked patches, ``ids_shuffle[:, n_keep:]``). Not differentiable.
-    """
-    return _patch_targets_op(_as_bft(spec), ids, patch, float(eps))
+def patchify_fused(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
+    """Patchify ``spec``: ``(B, F, T)`` or ``(B, 1, F, T)``, float32/float16/bfloat16 -> patches ``(B, L, p*p)``
+    in the input dtype, bit-identical to :func:`~.patchify.patchify_ref`; differentiable."""
+    return _patchify_op(_as_bft(spec), patch)
 
 
 def unpatchify_fused(patches: torch.Tensor, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:

@@ -170,9 +170,7 @@ def _launcher_calls(cfg: ModelConfig, batch: int, dt: torch.dtype) -> list[tuple
          lambda: tm.masked_mse_forward(pred_m, target, None, ids_masked, True, True, False, False)),
         ("masked_mse_on_masked no norm_pix",
          lambda: tm.masked_mse_forward(pred_m, target, None, ids_masked, False, True, False, False)),
-        ("patchify", lambda: tp.patchify_triton(spec, ps, None)),
-        ("patchify targets", lambda: tp.patchify_triton(spec, ps, 1e-6)),
-        ("patch_targets", lambda: tp.patch_targets_triton(spec, ids_masked, ps)),
+        ("patchify", lambda: tp.patchify_triton(spec, ps)),
         ("unpatchify", lambda: tp.unpatchify_triton(patches, gf, gt, ps)),
     ]
 

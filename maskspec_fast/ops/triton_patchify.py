@@ -1,8 +1,6 @@
 """Triton kernels for the fused patchify contract of :mod:`maskspec_fast.ops.patchify_fused` (CUDA tensors).
 
-Same results as the C++ extension: patches are bit copies in the input dtype, targets are float32
-``(x - mean) / sqrt(var_unbiased + eps)`` per patch, computed in fp32 (their summation order differs from the
-C++ one, so targets agree to fp32 rounding, not bitwise). On CPU with ``TRITON_INTERPRET=1`` these run in
+Same results as the C++ extension: patches are bit copies in the input dtype. On CPU with ``TRITON_INTERPRET=1`` these run in
 Triton's interpreter, which is how the CPU test suite checks them.
 
 Launch choices: one program per patch (grid ``B * L``); the patch is loaded as a ``BLOCK x BLOCK`` tile with
@@ -15,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from ._triton_utils import HAS_TRITON, on_device, tl, triton  # the one Triton import guard
-from .masked_mse import NORM_PIX_EPS
 
-__all__ = ["HAS_TRITON", "patch_targets_triton", "patchify_triton", "unpatchify_triton"]
+__all__ = ["HAS_TRITON", "patchify_triton", "unpatchify_triton"]
 
 
 def _require() -> None:
@@ -28,19 +25,10 @@ def _require() -> None:
 if HAS_TRITON:
 
     @triton.jit
-    def _normalize_tile(x, mask, n, eps):
-        # x: (BLOCK, BLOCK) fp32 with zeros where ~mask; n = p*p valid values
-        mean = tl.sum(tl.sum(x, axis=1), axis=0) / n
-        d = tl.where(mask, x - mean, 0.0)
-        var = tl.sum(tl.sum(d * d, axis=1), axis=0) / (n - 1)
-        # IEEE-rounded sqrt and division (tl.sqrt and `/` are approximate on GPUs) to match the fp32 reference
-        return tl.div_rn(d, tl.sqrt_rn(var + eps))
-
-    @triton.jit
     def _patchify_fwd_kernel(
-        spec_ptr, out_ptr, tgt_ptr,
-        stride_b, stride_f, gt, n_patches, eps,
-        P: tl.constexpr, BLOCK: tl.constexpr, WITH_TARGETS: tl.constexpr,
+        spec_ptr, out_ptr,
+        stride_b, stride_f, gt, n_patches,
+        P: tl.constexpr, BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)  # one program = one patch (b, l)
         b = pid // n_patches
@@ -54,28 +42,6 @@ if HAS_TRITON:
         x = tl.load(src, mask=mask, other=0.0)
         dst = pid * (P * P) + u * P + v
         tl.store(out_ptr + dst, x, mask=mask)
-        if WITH_TARGETS:
-            t = _normalize_tile(x.to(tl.float32), mask, P * P, eps)
-            tl.store(tgt_ptr + dst, t, mask=mask)
-
-    @triton.jit
-    def _patch_targets_kernel(
-        spec_ptr, ids_ptr, tgt_ptr,
-        stride_b, stride_f, ids_stride_b, ids_stride_m, m_per_b, gt, eps,
-        P: tl.constexpr, BLOCK: tl.constexpr,
-    ):
-        pid = tl.program_id(0).to(tl.int64)  # one program = one selected patch (b, m)
-        b = pid // m_per_b
-        m = pid % m_per_b
-        lid = tl.load(ids_ptr + b * ids_stride_b + m * ids_stride_m).to(tl.int64)
-        i = lid // gt
-        j = lid % gt
-        u = tl.arange(0, BLOCK)[:, None]
-        v = tl.arange(0, BLOCK)[None, :]
-        mask = (u < P) & (v < P)
-        x = tl.load(spec_ptr + b * stride_b + (i * P + u) * stride_f + j * P + v, mask=mask, other=0.0)
-        t = _normalize_tile(x.to(tl.float32), mask, P * P, eps)
-        tl.store(tgt_ptr + pid * (P * P) + u * P + v, t, mask=mask)
 
     @triton.jit
     def _unpatchify_kernel(
@@ -107,53 +73,21 @@ def _check_spec(spec: torch.Tensor, patch: int) -> torch.Tensor:
     return spec if spec.stride(-1) == 1 else spec.contiguous()
 
 
-def patchify_triton(
-    spec: torch.Tensor, patch: int = 16, eps: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """spec ``(B, F, T)`` -> ``(patches (B, L, p*p) in spec's dtype, targets (B, L, p*p) fp32 or None)``.
-
-    Targets are computed (in the same pass) only when ``eps`` is given.
-    """
+def patchify_triton(spec: torch.Tensor, patch: int = 16) -> torch.Tensor:
+    """spec ``(B, F, T)`` -> patches ``(B, L, p*p)`` in spec's dtype (bit copies)."""
     _require()
     spec = _check_spec(spec, patch)
     b, f, t = spec.shape
     gf, gt = f // patch, t // patch
     n = gf * gt
     out = torch.empty(b, n, patch * patch, dtype=spec.dtype, device=spec.device)  # (B, L, p*p)
-    tgt = torch.empty(b, n, patch * patch, dtype=torch.float32, device=spec.device) if eps is not None else None
     if b * n:
         with on_device(spec):  # Triton launches on the current device
             _patchify_fwd_kernel[(b * n,)](
-                spec, out, out if tgt is None else tgt,
-                spec.stride(0), spec.stride(1), gt, n, NORM_PIX_EPS if eps is None else eps,
-                P=patch, BLOCK=triton.next_power_of_2(patch), WITH_TARGETS=tgt is not None, num_warps=1,
-            )
-    return out, tgt
-
-
-def patch_targets_triton(
-    spec: torch.Tensor, ids: torch.Tensor, patch: int = 16, eps: float = NORM_PIX_EPS
-) -> torch.Tensor:
-    """spec ``(B, F, T)``, ids ``(B, M)`` int64 -> normalized targets ``(B, M, p*p)`` fp32 for those patches."""
-    _require()
-    spec = _check_spec(spec, patch)
-    b, f, t = spec.shape
-    n = (f // patch) * (t // patch)
-    if ids.dim() != 2 or ids.shape[0] != b:
-        raise ValueError(f"ids: expected (B, M) with B = {b}, got {tuple(ids.shape)}")
-    if ids.dtype != torch.int64:
-        raise TypeError(f"ids: expected int64 (patch indices), got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):  # one sync; out-of-range would read garbage
-        raise ValueError(f"ids: values must lie in [0, {n}), got [{int(ids.min())}, {int(ids.max())}]")
-    m = ids.shape[1]
-    tgt = torch.empty(b, m, patch * patch, dtype=torch.float32, device=spec.device)  # (B, M, p*p)
-    if b * m:
-        with on_device(spec):  # Triton launches on the current device
-            _patch_targets_kernel[(b * m,)](
-                spec, ids, tgt, spec.stride(0), spec.stride(1), ids.stride(0), ids.stride(1), m, t // patch, eps,
+                spec, out, spec.stride(0), spec.stride(1), gt, n,
                 P=patch, BLOCK=triton.next_power_of_2(patch), num_warps=1,
             )
-    return tgt
+    return out
 
 
 def unpatchify_triton(
