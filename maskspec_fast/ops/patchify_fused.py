@@ -22,7 +22,6 @@ input's shape, zero in the dropped frames.
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from types import ModuleType
 
@@ -261,7 +260,7 @@ def status() -> str:
         cpu = f"C++ extension maskspec_fast._C ({omp})"
     else:
         cpu = f"PyTorch reference (maskspec_fast._C not available: {_ext_error}; build with `pip install -e .`)"
-    if importlib.util.find_spec("triton") is None:
+    if not HAS_TRITON:
         cuda = "PyTorch reference (triton not installed)"
     else:
         cuda = "Triton kernels (maskspec_fast.ops.triton_patchify)"

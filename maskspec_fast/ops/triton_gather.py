@@ -39,9 +39,8 @@ from ._triton_utils import (
 )
 from .gather import gather_visible_ref, unshuffle_ref
 
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
+if HAS_TRITON:  # the guard is _triton_utils'; these names are None without triton
+    from ._triton_utils import tl, triton
 
 __all__ = [
     "gather_visible",

@@ -33,9 +33,8 @@ from torch import Tensor
 from ._triton_utils import HAS_TRITON, check_rows, new_empty, on_device, triton_status, use_triton
 from .masked_mse import NORM_PIX_EPS, masked_mse_on_masked_ref, masked_mse_ref
 
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
+if HAS_TRITON:  # the guard is _triton_utils'; these names are None without triton
+    from ._triton_utils import tl, triton
 
 __all__ = [
     "MaskedMSELoss",
