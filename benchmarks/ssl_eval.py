@@ -55,8 +55,10 @@ from maskspec_fast.train import recipe as recipes  # noqa: E402
 from maskspec_fast.train.augment import (  # noqa: E402
     apply_mixup,
     apply_spec_augment,
+    apply_time_roll,
     draw_mixup_lambda,
     draw_spec_augment,
+    draw_time_roll,
     scaled_time_mask,
     soft_targets,
 )
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-iters", type=int, default=200, help="L-BFGS iterations")
     g.add_argument("--probe-layer", type=int, default=-1,
                    help="encoder block whose patch tokens are mean-pooled for the probe (-1: the last)")
+    g.add_argument("--probe-pool", choices=["mean", "freq"], default="mean",
+                   help="probe features: mean over all patch tokens, or per frequency row (see embed())")
     g = p.add_argument_group("run")
     g.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run")
     g.add_argument("--seed", type=int, default=0)
@@ -235,10 +239,7 @@ def bin_stats(specs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def roll_time(spec: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Augmentation: circular shift of each clip along time by a random number of frames ``(B, F, T)``."""
-    t = spec.shape[-1]
-    shifts = torch.randint(0, t, (spec.shape[0],), generator=gen)
-    idx = (torch.arange(t).unsqueeze(0) - shifts.unsqueeze(1)) % t  # (B, T)
-    return torch.gather(spec, 2, idx.unsqueeze(1).expand(-1, spec.shape[1], -1))
+    return apply_time_roll(spec, draw_time_roll(gen, spec.shape[0], spec.shape[-1]))
 
 
 def logmel_features(spec: torch.Tensor) -> torch.Tensor:
@@ -309,9 +310,7 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
     xf, yf = x[fit], y[fit]
     if head_init == "probe":
         w, b, mu, sd = fit_probe(embed(clf, xf), yf, c, probe_l2, probe_iters)
-        with torch.no_grad():  # logits = ((e - mu) / sd) @ w + b  ==  e @ (w / sd) + (b - (mu / sd) @ w)
-            clf.head.weight.copy_((w / sd.double().unsqueeze(1)).T.float())
-            clf.head.bias.copy_((b - (mu.double() / sd.double()) @ w).float())
+        recipes.set_head_from_probe(clf.head, w, b, mu, sd)
     opt = make_adamw(param_groups(clf, recipe.weight_decay, layer_decay=layer_decay), lr=recipe.lr,
                      betas=(0.9, 0.999))
     clf.patchout = recipes.patchout_tokens(recipe, (x.shape[1] // clf.config.patch_size) *
@@ -319,6 +318,11 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
     tracker = recipes.BestTracker(sched.patience)
     best_state, history, step, stop = None, [], 0, False
     t_frames = x.shape[-1]
+    if sched.eval_every:  # the starting point competes too (with head_init="probe": the linear probe itself)
+        acc, vloss = _val_metrics(clf, x[val], y[val])
+        history.append({"step": 0, "val_accuracy": acc, "val_loss": vloss})
+        tracker.update(0, acc, vloss)
+        best_state = copy.deepcopy(clf.state_dict())
     while step < sched.steps and not stop:
         order = torch.randperm(fit.numel(), generator=gen)
         for i in range(0, order.numel(), recipe.batch_size):
@@ -353,7 +357,7 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
     if best_state is not None:
         clf.load_state_dict(best_state)
     clf.eval()
-    return {"steps_planned": sched.steps, "steps_run": step, "best_step": tracker.best_step if best_state else step,
+    return {"steps_planned": sched.steps, "steps_run": step, "best_step": tracker.best_step if sched.eval_every else step,
             "fit_clips": sched.fit_clips, "val_clips": sched.val_clips, "history": history}
 
 
@@ -364,20 +368,32 @@ def logits_of(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor
 
 
 @torch.no_grad()
-def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1) -> torch.Tensor:
-    """Frozen clip embeddings ``(N, D)``: mean of the patch tokens after encoder block ``layer`` (-1: the last,
-    then ``fc_norm`` as ``Classifier.embed``; an earlier block: a parameter-free LayerNorm of the mean)."""
+def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, pool: str = "mean") -> torch.Tensor:
+    """Frozen clip embeddings from the patch tokens after encoder block ``layer`` (-1: the last).
+
+    ``pool="mean"``: ``(N, D)``, the mean over all patch tokens (for the last block ``fc_norm`` of it, exactly
+    ``Classifier.embed``; for an earlier block a parameter-free LayerNorm of it). ``pool="freq"``: ``(N, G_f * D)``,
+    the mean over time within each frequency row of the patch grid, each row layer-normed, rows concatenated
+    (keeps WHERE in frequency the content is, which a mean over the whole grid averages away).
+    """
     clf.eval()
-    if layer == -1 or layer == len(clf.blocks) - 1:
+    depth = len(clf.blocks)
+    layer = depth - 1 if layer == -1 else layer
+    if pool == "mean" and layer == depth - 1:
         return torch.cat([clf.embed(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
-    kept = clf.blocks[: layer + 1]
+    gf = x.shape[1] // clf.config.patch_size
     outs = []
     full = clf.blocks
     try:
-        clf.blocks = kept  # the same forward, stopped after block `layer`
+        clf.blocks = full[: layer + 1]  # the same forward, stopped after block `layer`
         for i in range(0, x.shape[0], batch):
-            tokens = clf.forward_features(x[i : i + batch])[:, 1:]  # (B, L, D)
-            outs.append(F.layer_norm(tokens.mean(1), (tokens.shape[-1],)))
+            tokens = clf.forward_features(x[i : i + batch])[:, 1:]  # (B, L, D), L = G_f * G_t row-major
+            d = tokens.shape[-1]
+            if pool == "freq":
+                rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
+                outs.append(F.layer_norm(rows, (d,)).flatten(1))  # (B, G_f * D)
+            else:
+                outs.append(F.layer_norm(tokens.mean(1), (d,)))
     finally:
         clf.blocks = full
     return torch.cat(outs)
@@ -385,26 +401,8 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1) ->
 
 def fit_probe(xtr: torch.Tensor, ytr: torch.Tensor, num_classes: int, l2: float,
               iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression on standardized features (training statistics), fitted by L-BFGS:
-
-    ``min_{W,b} mean_i CE(W z_i + b, y_i) + l2 * ||W||^2``,  z = (x - mu) / sigma.
-    Returns ``W (D, C)``, ``b (C,)`` (float64) and ``mu``, ``sigma`` ``(D,)``.
-    """
-    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-    ztr64 = ((xtr - mu) / sd).double()
-    w = torch.zeros(ztr64.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(ztr64 @ w + b, ytr) + l2 * w.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return w.detach(), b.detach(), mu, sd
+    """The recipe's logistic regression (:func:`maskspec_fast.train.recipe.fit_logistic_regression`)."""
+    return recipes.fit_logistic_regression(xtr, ytr, num_classes, l2, iters)
 
 
 def linear_probe(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, num_classes: int, l2: float,
@@ -449,7 +447,8 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
                 pred = logits_of(clf, xte).argmax(-1)
             elif kind == "probe":
                 clf = Classifier.from_model(models[init], num_classes)
-                etr, ete = embed(clf, xtr, layer=args.probe_layer), embed(clf, xte, layer=args.probe_layer)
+                etr = embed(clf, xtr, layer=args.probe_layer, pool=args.probe_pool)
+                ete = embed(clf, xte, layer=args.probe_layer, pool=args.probe_pool)
                 pred = linear_probe(etr, ytr, ete, num_classes, args.probe_l2, args.probe_iters)
             else:  # logmel_baseline
                 pred = linear_probe(logmel_features(xtr), ytr, logmel_features(xte), num_classes, args.probe_l2,

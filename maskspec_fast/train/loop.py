@@ -220,10 +220,14 @@ def train(
         _save(out, step, model, optimizer, scaler, epoch, batch_in_epoch, skipped_bad, nonfinite, best, args,
               inp.name, info, global_batch)
 
+    patience = int(getattr(args, "patience", 0) or 0)
+    stale = 0  # evaluations since the last improvement (early stopping after `patience` of them)
+
     def run_eval() -> None:
-        nonlocal best
+        nonlocal best, stale
         name, value, _ = evaluate(model)
         improved = value == value and (best is None or value > best["value"])
+        stale = 0 if improved else stale + 1
         if improved:
             best = {"metric": name, "value": value, "step": step}
         if main:
@@ -236,6 +240,8 @@ def train(
             if main:
                 write_json_atomic(out / "best.json", {**best, "checkpoint": str(out / "checkpoints" / "best")})
 
+    if eval_every and step == 0 and getattr(args, "eval_at_start", False):
+        run_eval()  # the starting point competes too (LP-FT: the linear-probe head)
     while step < args.steps:
         for batch in inp.epoch(epoch, batch_in_epoch):
             bad = inp.replaced(batch)
@@ -296,6 +302,10 @@ def train(
                 task.picture(picture_spec, out / "pictures" / f"reconstruction_step_{step:08d}.png", f"step {step}")
             if eval_every and (step % eval_every == 0 or step == args.steps):
                 run_eval()
+                if patience and stale >= patience:
+                    log(f"early stop at step {step}: no better {best['metric'] if best else 'metric'} in "
+                        f"{stale} evaluations (best at step {best['step'] if best else '-'})")
+                    break
             if args.save_every and step % args.save_every == 0 and step < args.steps:
                 save()
             if step >= args.steps:

@@ -143,5 +143,83 @@ class BestTracker:
         return self.patience > 0 and self.bad >= self.patience
 
 
-__all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "patchout_tokens", "resolve", "split_sizes",
-           "stratified_split"]
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-3,
+                            iters: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on standardized features (statistics of ``x``), fitted by L-BFGS in float64:
+
+    ``min_{W,b} mean_i CE(W z_i + b, y_i) + l2 * ||W||^2``,  ``z = (x - mu) / sigma``.
+    ``x (N, D)``, ``y (N,)`` -> ``W (D, C)``, ``b (C,)`` (float64), ``mu``, ``sigma`` ``(D,)``.
+    """
+    import torch.nn.functional as F
+
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = ((x - mu) / sd).double()
+    w = torch.zeros(z.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w + b, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach(), mu, sd
+
+
+@torch.no_grad()
+def set_head_from_probe(head: torch.nn.Linear, w: torch.Tensor, b: torch.Tensor, mu: torch.Tensor,
+                        sd: torch.Tensor) -> None:
+    """LP-FT: make ``head(e)`` equal the probe's logits ``((e - mu) / sd) @ w + b``, i.e.
+    ``weight = (w / sd).T`` and ``bias = b - (mu / sd) @ w``."""
+    sd64, mu64 = sd.double(), mu.double()
+    head.weight.copy_((w / sd64.unsqueeze(1)).T.to(head.weight.dtype))
+    head.bias.copy_((b - (mu64 / sd64) @ w).to(head.bias.dtype))
+
+
+class SplitView(torch.utils.data.Dataset):
+    """The clips ``indices`` of ``dataset`` as a data set of their own; other attributes (``clip_seconds``,
+    ``num_classes``, ``set_epoch``, ...) are the parent's. ``items`` is hidden so file-based fast paths (DALI),
+    which would read every file of the parent, are not chosen for a view."""
+
+    def __init__(self, dataset, indices: torch.Tensor):
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def __getattr__(self, name: str):
+        if name in ("items", "dataset", "indices") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def dataset_labels(dataset) -> torch.Tensor:
+    """Labels of every clip without decoding audio (``dataset._label``), ``(N,)`` or ``(N, C)`` multi-hot."""
+    labels = [dataset._label(i) for i in range(len(dataset))]
+    if labels and isinstance(labels[0], (list, tuple)):
+        out = torch.zeros(len(labels), dataset.num_classes)
+        for i, ls in enumerate(labels):
+            out[i, list(ls)] = 1
+        return out
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def train_val_split(dataset, recipe: FinetuneRecipe, seed: int) -> tuple[object, object | None]:
+    """``(fit, val)`` views of a TRAINING data set by :func:`stratified_split` (``val`` None without a split)."""
+    labels = dataset_labels(dataset)
+    _, n_val = split_sizes(len(dataset), recipe.val_fraction, getattr(dataset, "num_classes", None))
+    if n_val == 0:
+        return dataset, None
+    fit, val = stratified_split(labels, n_val, torch.Generator().manual_seed(int(seed)))
+    return SplitView(dataset, fit), SplitView(dataset, val)
+
+
+__all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "SplitView", "dataset_labels", "fit_logistic_regression",
+           "patchout_tokens", "resolve", "set_head_from_probe", "split_sizes", "stratified_split",
+           "train_val_split"]
