@@ -295,7 +295,7 @@ def build(out: Path, seed: int = 0, per_fold: int = 8, unlabeled: int = 300, fol
     labeled_phr: dict[tuple[str, int], list[str]] = defaultdict(list)  # (cls, fold) -> source names, one per clip
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        for cls, (programs, prange) in INSTRUMENTS.items():
+        for cls, (_programs, prange) in INSTRUMENTS.items():
             need: dict[str, int] = defaultdict(int)
             for f in range(1, folds + 1):
                 srcs = [s for s in inst[cls] if s.fold == f]

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrain-lr", type=float, default=1e-3, help="peak AdamW lr (warm-up, then cosine)")
     g.add_argument("--mask-ratio", type=float, default=0.75)
     g.add_argument("--no-norm-pix", action="store_true", help="plain (not per-patch normalized) targets")
+    g.add_argument("--pretrain-frames", type=int, default=None,
+                   help="pre-train on windows of this many frames cut from the unlabeled clips (a multiple of 16; "
+                        "default: the labeled clip length). Shorter windows are cheaper; the fixed sin-cos "
+                        "positions let the encoder fine-tune on the full length")
     g.add_argument("--pretrained-cache", default=None,
                    help="a save_pretrained folder: loaded instead of pre-training when it exists (same settings!), "
                         "else written after pre-training (for exploring fine-tuning settings)")
@@ -483,9 +487,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unl, unlabeled_desc = unlabeled_specs(args)
     timings["data_s"] = time.perf_counter() - t
     frames = num_frames(int(round(args.clip_seconds * SAMPLE_RATE))) // 16 * 16
-    windows = max(1, unl.shape[-1] // frames)
-    unl = unl[..., : windows * frames].reshape(unl.shape[0], unl.shape[1], windows, frames)  # (N, F, W, T)
-    unl = unl.permute(0, 2, 1, 3).reshape(-1, unl.shape[1], frames)  # (N * W, F, T): every window a clip
+    pt_frames = min(args.pretrain_frames or frames, unl.shape[-1] // 16 * 16)
+    windows = max(1, unl.shape[-1] // pt_frames)
+    unl = unl[..., : windows * pt_frames].reshape(unl.shape[0], unl.shape[1], windows, pt_frames)  # (N, F, W, T)
+    unl = unl.permute(0, 2, 1, 3).reshape(-1, unl.shape[1], pt_frames)  # (N * W, F, T): every window a clip
     folds = {k: (s[..., :frames], y) for k, (s, y) in folds.items()}
     if args.norm_stats == "unlabeled":
         mean, std = bin_stats(unl)

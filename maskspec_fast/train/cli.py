@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=r.warmup_epochs, help="used without --warmup-steps")
     g.add_argument("--val-fraction", type=float, default=r.val_fraction,
                    help="share of --data held out (stratified) to pick the best checkpoint and stop early; the "
-                        "final model is that checkpoint (0: no split, the last step's model)")
+                        "final model is that checkpoint (0: no split, the last step's model; ignored when "
+                        "--eval-data with --eval-every asks to select on the evaluation data)")
     g.add_argument("--patience", type=int, default=r.patience,
                    help="validation evaluations without improvement before stopping (0: never stop early)")
     g.add_argument("--eval-every-epochs", type=float, default=r.eval_every_epochs)
@@ -289,6 +290,9 @@ def _finetune(args, device) -> int:
     rec = FinetuneRecipe().replace(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                                    val_fraction=args.val_fraction, patience=args.patience,
                                    eval_every_epochs=args.eval_every_epochs)
+    if args.eval_data and args.eval_every:  # explicit: select on --eval-data every N steps (no split, no stop)
+        rec = rec.replace(val_fraction=0.0)
+        args.val_fraction = 0.0
     ds, val_ds = recipes.train_val_split(full, rec, args.seed)
     sched = recipes.resolve(rec, len(full), getattr(full, "num_classes", None))
     if args.steps is None:
