@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder block whose patch tokens are mean-pooled for the probe (-1: the last)")
     g.add_argument("--probe-pool", choices=["mean", "freq"], default="mean",
                    help="probe features: mean over all patch tokens, or per frequency row (see embed())")
+    g.add_argument("--probe-sweep", action="store_true",
+                   help="also probe every encoder block with both poolings (table 'probe_sweep' in the JSON)")
     g = p.add_argument_group("run")
     g.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run")
     g.add_argument("--seed", type=int, default=0)
@@ -296,7 +298,7 @@ def _val_metrics(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
 
 def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.FinetuneRecipe,
              layer_decay: float | None, seed: int, head_init: str = "zero", probe_l2: float = 1e-3,
-             probe_iters: int = 200) -> dict[str, Any]:
+             probe_iters: int = 200, verbose: bool = False) -> dict[str, Any]:
     """Whole-model fine-tuning by ``recipe`` on the training clips ``x (N, F, T)``, ``y (N,)``; returns a report.
 
     A stratified validation split (``recipe.val_fraction`` of the TRAINING clips) picks the checkpoint (best
@@ -352,6 +354,8 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
             if sched.eval_every and (step % sched.eval_every == 0 or step == sched.steps):
                 acc, vloss = _val_metrics(clf, x[val], y[val])
                 history.append({"step": step, "val_accuracy": acc, "val_loss": vloss})
+                if verbose:
+                    print(f"    step {step}/{sched.steps}: val acc {acc:.3f}, val loss {vloss:.3f}", flush=True)
                 if tracker.update(step, acc, vloss):
                     best_state = copy.deepcopy(clf.state_dict())
                 if tracker.should_stop:
@@ -403,6 +407,57 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, po
     return torch.cat(outs)
 
 
+@torch.no_grad()
+def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[tuple[int, str], torch.Tensor]:
+    """Every block's pooled tokens in one forward pass (forward hooks on the blocks):
+    ``{(layer, "mean"): (N, D), (layer, "freq"): (N, G_f * D)}``, pooled as :func:`embed` does (parameter-free
+    LayerNorm, also for the last block)."""
+    clf.eval()
+    gf = x.shape[1] // clf.config.patch_size
+    outs: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def hook(i):
+        def fn(_module, _inp, out):
+            tokens = out[:, 1:]  # (B, L, D)
+            d = tokens.shape[-1]
+            outs.setdefault((i, "mean"), []).append(F.layer_norm(tokens.mean(1), (d,)))
+            rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
+            outs.setdefault((i, "freq"), []).append(F.layer_norm(rows, (d,)).flatten(1))
+        return fn
+
+    handles = [blk.register_forward_hook(hook(i)) for i, blk in enumerate(clf.blocks)]
+    try:
+        for i in range(0, x.shape[0], batch):
+            clf.forward_features(x[i : i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def probe_sweep(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                args: argparse.Namespace, test_folds: list[int]) -> dict[str, dict[str, float]]:
+    """Linear-probe accuracy for every (encoder, block, pooling): ``{"pretrained/L2/freq": {"mean", "std",
+    "per_fold"}}``. Deterministic (L-BFGS from zeros on frozen features), so no random stream is involved."""
+    keys = sorted(folds)
+    out = {}
+    for init, m in models.items():
+        clf = Classifier.from_model(m, num_classes)
+        feats = {k: embed_all_layers(clf, folds[k][0]) for k in keys}
+        for key in feats[keys[0]]:
+            accs = []
+            for k in test_folds:
+                tr = [j for j in keys if j != k]
+                pred = linear_probe(torch.cat([feats[j][key] for j in tr]), torch.cat([folds[j][1] for j in tr]),
+                                    feats[k][key], num_classes, args.probe_l2, args.probe_iters)
+                accs.append(float((pred == folds[k][1]).float().mean()))
+            name = f"{init}/L{key[0]}/{key[1]}"
+            out[name] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                         "per_fold": dict(zip(map(str, test_folds), accs))}
+            print(f"  probe sweep {name:<24} {out[name]['mean']:.3f} +- {out[name]['std']:.3f}", flush=True)
+    return out
+
+
 def fit_probe(xtr: torch.Tensor, ytr: torch.Tensor, num_classes: int, l2: float,
               iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The recipe's logistic regression (:func:`maskspec_fast.train.recipe.fit_logistic_regression`)."""
@@ -447,7 +502,8 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
                 clf = Classifier.from_model(models[init], num_classes, drop_path_rate=recipe.drop_path)
                 decay = recipe.layer_decay if init == "pretrained" else None
                 reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=args.head_init,
-                                         probe_l2=args.probe_l2, probe_iters=args.probe_iters)
+                                         probe_l2=args.probe_l2, probe_iters=args.probe_iters,
+                                         verbose=not args.quick)
                 pred = logits_of(clf, xte).argmax(-1)
             elif kind == "probe":
                 clf = Classifier.from_model(models[init], num_classes)
@@ -544,6 +600,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ev = evaluate_folds({"pretrained": model, "random": random_model}, folds, num_classes, args, settings,
                         args.test_folds)
     timings.update({f"{s}_s": v for s, v in ev["seconds"].items()})
+    sweep = None
+    if args.probe_sweep:
+        t = time.perf_counter()
+        sweep = probe_sweep({"pretrained": model, "random": random_model}, folds, num_classes, args,
+                            list(args.test_folds or sorted(folds)))
+        timings["probe_sweep_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     test_folds = list(args.test_folds or sorted(folds))
@@ -572,6 +634,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretraining": {"curve": pt["curve"], "heldout_loss_random_init": loss_before,
                         "heldout_loss_pretrained": loss_after},
         "accuracy": summary,
+        "probe_sweep": sweep,
         "timings_s": timings,
         "files": {"reconstructions": str(recon)},
     }
