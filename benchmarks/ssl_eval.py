@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--fold-workers", type=int, default=1,
+                   help="evaluate the held-out folds in this many forked processes of one thread each (same numbers)")
     g.add_argument("--out", default=str(RESULTS), help="output folder (ssl_eval.json, ssl_eval.png, ...)")
     g.add_argument("--tag", default="ssl_eval", help="output file stem (TAG.json, TAG.png, TAG_confusion.png)")
     g.add_argument("--quick", action="store_true",
@@ -521,6 +523,38 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
     return {"accuracy": acc, "predictions": preds, "reports": reports, "seconds": seconds}
 
 
+def _one_fold(job: tuple) -> dict[str, Any]:
+    """Worker of :func:`evaluate_folds_parallel`: one held-out fold on one CPU thread (forked process)."""
+    models, folds, num_classes, args, settings, k = job
+    torch.set_num_threads(1)
+    return evaluate_folds(models, folds, num_classes, args, settings, [k])
+
+
+def evaluate_folds_parallel(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                            num_classes: int, args: argparse.Namespace, settings, test_folds: list[int] | None,
+                            workers: int) -> dict[str, Any]:
+    """:func:`evaluate_folds` with the held-out folds spread over ``workers`` forked processes (one thread each).
+    Every (setting, fold) pair has its own stream, so the numbers equal a one-process run at one thread."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    test_folds = list(test_folds or sorted(folds))
+    if workers <= 1 or len(test_folds) == 1:
+        return evaluate_folds(models, folds, num_classes, args, settings, test_folds)
+    jobs = [(models, folds, num_classes, args, list(settings), k) for k in test_folds]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+        parts = list(pool.map(_one_fold, jobs))
+    merged: dict[str, Any] = {key: {s: {} for s in settings} for key in ("accuracy", "predictions", "reports")}
+    merged["seconds"] = {s: 0.0 for s in settings}
+    for part in parts:
+        for key in ("accuracy", "predictions", "reports"):
+            for s in settings:
+                merged[key][s].update(part[key][s])
+        for s in settings:
+            merged["seconds"][s] += part["seconds"][s]  # summed over workers (CPU-side cost, not wall time)
+    return merged
+
+
 def confusion(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(C, C)`` int64 counts, rows = true class, columns = predicted class."""
     return torch.bincount(true * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, -1)
@@ -597,8 +631,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recon = _reconstructions(model, heldout[:4], args, out)
     num_classes = len(class_names)
     settings = list(args.settings)
-    ev = evaluate_folds({"pretrained": model, "random": random_model}, folds, num_classes, args, settings,
-                        args.test_folds)
+    t = time.perf_counter()
+    ev = evaluate_folds_parallel({"pretrained": model, "random": random_model}, folds, num_classes, args, settings,
+                                 args.test_folds, args.fold_workers)
+    timings["folds_wall_s"] = time.perf_counter() - t
     timings.update({f"{s}_s": v for s, v in ev["seconds"].items()})
     sweep = None
     if args.probe_sweep:

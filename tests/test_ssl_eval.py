@@ -141,3 +141,20 @@ def test_probe_head_init_reproduces_the_probe():
     rec = rec.replace(lr=0.0, min_lr=0.0)
     ssl_eval.finetune(clf, x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
     assert torch.equal(ssl_eval.logits_of(clf, x).argmax(-1), probe)
+
+
+def test_parallel_folds_give_the_same_numbers():
+    models, folds = _tiny_setup()
+    args = _args("--finetune-epochs", "1")
+    settings = ["finetune_pretrained", "probe_random", "logmel_baseline"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = ssl_eval.evaluate_folds(models, folds, 3, args, settings, [1, 2])
+    finally:
+        torch.set_num_threads(threads)
+    two = ssl_eval.evaluate_folds_parallel(models, folds, 3, args, settings, [1, 2], workers=2)
+    for s in settings:
+        for k in (1, 2):
+            assert torch.equal(one["predictions"][s][k], two["predictions"][s][k]), (s, k)
+    assert one["reports"]["finetune_pretrained"][2]["history"] == two["reports"]["finetune_pretrained"][2]["history"]
