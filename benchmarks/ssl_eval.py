@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=None, help="validation share of the training folds")
     g.add_argument("--patience", type=int, default=None, help="evaluations without improvement before stopping")
     g.add_argument("--eval-every-epochs", type=float, default=None)
+    g.add_argument("--pool", choices=["mean", "freq"], default="mean",
+                   help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
+                        "row concatenated (with time-column patchout)")
     g.add_argument("--head-init", choices=["zero", "probe"], default="probe",
                    help="fine-tuning head: MAE's near-zero init, or the linear probe fitted on the fit split (LP-FT)")
     g = p.add_argument_group("linear probe and baseline")
@@ -501,7 +504,8 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
             torch.manual_seed(seed)  # head initialization of a fresh Classifier
             kind, _, init = s.partition("_")
             if kind == "finetune":
-                clf = Classifier.from_model(models[init], num_classes, drop_path_rate=recipe.drop_path)
+                clf = Classifier.from_model(models[init], num_classes, drop_path_rate=recipe.drop_path,
+                                            pool=args.pool)
                 decay = recipe.layer_decay if init == "pretrained" else None
                 reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=args.head_init,
                                          probe_l2=args.probe_l2, probe_iters=args.probe_iters,
