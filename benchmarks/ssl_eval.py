@@ -72,7 +72,7 @@ _RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None mean
     "finetune_lr": "lr", "layer_decay": "layer_decay", "drop_path": "drop_path",
     "label_smoothing": "label_smoothing", "patchout_fraction": "patchout_fraction", "freq_mask": "freq_mask",
     "time_mask": "time_mask", "mixup": "mixup", "val_fraction": "val_fraction", "patience": "patience",
-    "eval_every_epochs": "eval_every_epochs",
+    "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init",
 }
 
 
@@ -138,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=None, help="validation share of the training folds")
     g.add_argument("--patience", type=int, default=None, help="evaluations without improvement before stopping")
     g.add_argument("--eval-every-epochs", type=float, default=None)
-    g.add_argument("--pool", choices=["mean", "freq"], default="mean",
+    g.add_argument("--pool", choices=["mean", "freq"], default=None,
                    help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
                         "row concatenated (with time-column patchout)")
-    g.add_argument("--head-init", choices=["zero", "probe"], default="probe",
+    g.add_argument("--head-init", choices=["zero", "probe"], default=None,
                    help="fine-tuning head: MAE's near-zero init, or the linear probe fitted on the fit split (LP-FT)")
     g = p.add_argument_group("linear probe and baseline")
     g.add_argument("--probe-l2", type=float, default=1e-3, help="L2 penalty on the probe weights")
@@ -505,9 +505,9 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
             kind, _, init = s.partition("_")
             if kind == "finetune":
                 clf = Classifier.from_model(models[init], num_classes, drop_path_rate=recipe.drop_path,
-                                            pool=args.pool)
+                                            pool=recipe.pool)
                 decay = recipe.layer_decay if init == "pretrained" else None
-                reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=args.head_init,
+                reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=recipe.head_init,
                                          probe_l2=args.probe_l2, probe_iters=args.probe_iters,
                                          verbose=not args.quick)
                 pred = logits_of(clf, xte).argmax(-1)

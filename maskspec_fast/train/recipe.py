@@ -23,27 +23,33 @@ class FinetuneRecipe:
 
     ``lr`` is the absolute peak lr of the head (the top group); encoder block ``i`` of ``N`` gets
     ``lr * layer_decay ** (N - i)`` (see :func:`maskspec_fast.train.schedule.param_groups`).
-    ``patchout_fraction``: share of patch tokens dropped per clip in training. ``time_roll``: random circular
-    time shift per clip. ``freq_mask`` / ``time_mask``: SpecAugment limits (time per 10 s, scaled to the clip).
+    ``patchout_fraction``: share of patch tokens dropped per clip in training (with ``pool="freq"`` as whole time
+    columns). ``time_roll``: random circular time shift per clip. ``freq_mask`` / ``time_mask``: SpecAugment limits
+    (time per 10 s, scaled to the clip). ``pool``: the Classifier's pooling (``ModelConfig.pool``).
+    ``head_init``: ``"probe"`` starts the head as the logistic regression on frozen fit-split embeddings (LP-FT;
+    the start is evaluated too, so fine-tuning can only replace it by a checkpoint that validates better), or
+    ``"zero"`` (MAE's near-zero head).
     """
 
-    epochs: float = 40.0
-    warmup_epochs: float = 3.0
-    lr: float = 1e-3
+    epochs: float = 15.0
+    warmup_epochs: float = 2.0
+    lr: float = 3e-4
     min_lr: float = 1e-6
     layer_decay: float = 0.75
     weight_decay: float = 0.05
     drop_path: float = 0.1
     label_smoothing: float = 0.1
-    patchout_fraction: float = 0.4
+    patchout_fraction: float = 0.75
     time_roll: bool = True
     freq_mask: int = 0
     time_mask: int = 0
     mixup: float = 0.0
     val_fraction: float = 0.15
-    eval_every_epochs: float = 2.0
+    eval_every_epochs: float = 1.0
     patience: int = 6
     batch_size: int = 32
+    pool: str = "freq"
+    head_init: str = "probe"
 
     def replace(self, **changes) -> FinetuneRecipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
