@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-iters", type=int, default=200, help="L-BFGS iterations")
     g.add_argument("--probe-layer", type=int, default=-1,
                    help="encoder block whose patch tokens are mean-pooled for the probe (-1: the last)")
-    g.add_argument("--probe-pool", choices=["mean", "freq"], default="mean",
-                   help="probe features: mean over all patch tokens, or per frequency row (see embed())")
+    g.add_argument("--probe-pool", choices=["mean", "freq"], default=None,
+                   help="probe features: mean over all patch tokens, or per frequency row (see embed()); default: "
+                        "the recipe's pool, so the probe and fine-tuning read the encoder the same way")
     g.add_argument("--probe-sweep", action="store_true",
                    help="also probe every encoder block with both poolings (table 'probe_sweep' in the JSON)")
     g = p.add_argument_group("run")
@@ -513,8 +514,9 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
                 pred = logits_of(clf, xte).argmax(-1)
             elif kind == "probe":
                 clf = Classifier.from_model(models[init], num_classes)
-                etr = embed(clf, xtr, layer=args.probe_layer, pool=args.probe_pool)
-                ete = embed(clf, xte, layer=args.probe_layer, pool=args.probe_pool)
+                pool = args.probe_pool or recipe.pool
+                etr = embed(clf, xtr, layer=args.probe_layer, pool=pool)
+                ete = embed(clf, xte, layer=args.probe_layer, pool=pool)
                 pred = linear_probe(etr, ytr, ete, num_classes, args.probe_l2, args.probe_iters)
             else:  # logmel_baseline
                 pred = linear_probe(logmel_features(xtr), ytr, logmel_features(xte), num_classes, args.probe_l2,
