@@ -418,7 +418,8 @@ class Classifier(_Encoder):
         if kind == "classifier":
             n = meta["num_classes"] if num_classes is None else num_classes
             clf = cls(config, n, fused=fused)
-            if n == meta["num_classes"]:
+            same_pool = config.pool == meta["config"].get("pool", "mean")
+            if n == meta["num_classes"] and same_pool:  # else the head does not fit: encoder only, new head
                 clf.load_state_dict(_fit_pos_tables(state, clf), strict=True)
             else:
                 clf.load_encoder(state)

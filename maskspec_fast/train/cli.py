@@ -124,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=r.patience,
                    help="validation evaluations without improvement before stopping (0: never stop early)")
     g.add_argument("--eval-every-epochs", type=float, default=r.eval_every_epochs)
-    g.add_argument("--head-init", choices=["zero", "probe"], default="probe",
+    g.add_argument("--head-init", choices=["zero", "probe"], default=r.head_init,
                    help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings (LP-FT)")
+    g.add_argument("--pool", choices=["mean", "freq"], default=r.pool,
+                   help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible), or the "
+                        "mean per frequency row, rows concatenated (patchout then drops whole time columns)")
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
@@ -304,11 +307,11 @@ def _finetune(args, device) -> int:
     frames = _frames_for(ds)
     if args.init:
         clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
-                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16)
+                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16, pool=args.pool)
         say(f"initialized the encoder from {args.init}")
     else:
         config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
-                                                          "drop_path_rate": args.drop_path})
+                                                          "drop_path_rate": args.drop_path, "pool": args.pool})
         clf = Classifier(config, ds.num_classes, fused=args.fused)
         say("encoder randomly initialized (no --init)")
     if args.patchout is None:
