@@ -74,8 +74,9 @@ class PretrainTask:
 
 class FinetuneTask:
     """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing; optional
-    random circular time roll per clip (``time_roll``, first), SpecAugment (one frequency band up to ``freq_mask`` bins and one time span up to ``time_mask`` frames per
-    10 s, scaled to the clip length) and mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
+    random circular time roll per clip (``time_roll``, applied first), SpecAugment (one frequency band up to
+    ``freq_mask`` bins and one time span up to ``time_mask`` frames per 10 s, scaled to the clip length) and
+    mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
 
     name = "finetune"
 
