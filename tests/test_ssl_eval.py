@@ -38,7 +38,13 @@ def test_quick_run_writes_results(tmp_path):
     assert curve[-1]["step"] == data["settings"]["pretrain_steps"]
     assert curve[-1]["loss"] < curve[0]["loss"]  # even 6 steps lower the masked-patch loss
     assert data["pretraining"]["heldout_loss_pretrained"] < data["pretraining"]["heldout_loss_random_init"]
-    for name in ("ssl_eval.png", "ssl_eval_reconstructions.png"):
+    n_classes = len(data["data"]["classes"])
+    for s in ssl_eval.SETTINGS:  # per-class accuracy and the confusion matrix agree with the per-fold numbers
+        cm = torch.tensor(data["accuracy"][s]["confusion"])
+        assert cm.shape == (n_classes, n_classes) and int(cm.sum()) == data["data"]["labeled_clips"]
+        assert float(cm.diag().sum() / cm.sum()) == pytest.approx(data["accuracy"][s]["mean"], abs=1e-6)
+        assert set(data["accuracy"][s]["per_class"]) == set(data["data"]["classes"])
+    for name in ("ssl_eval.png", "ssl_eval_reconstructions.png", "ssl_eval_confusion.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert list((tmp_path / "data").glob("*/meta/esc50.csv"))  # the built-in labeled set, ESC-50 layout
     assert result["accuracy"] == data["accuracy"]
