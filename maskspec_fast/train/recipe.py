@@ -33,7 +33,7 @@ class FinetuneRecipe:
 
     epochs: float = 15.0
     warmup_epochs: float = 2.0
-    lr: float = 3e-4
+    lr: float = 1e-4
     min_lr: float = 1e-6
     layer_decay: float = 0.75
     weight_decay: float = 0.05
