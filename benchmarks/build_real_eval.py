@@ -20,9 +20,10 @@ no source (kit, soundfont program, prompt set) spans two folds. Clips: 1-4 hits 
 and gains; a phrase of 1-6 random notes; 1-4 prompts with short gaps. Peak level random in [-18, -3] dBFS.
 
 Unlabeled: ``--unlabeled`` mixtures of 10 s, each the sum of 2-4 fresh events (not the labeled clips) from any
-class and source at random offsets and gains.
+class and source at random offsets and gains (instrument phrases are rendered anew; drum one-shots and speech
+prompts are drawn again from the same finite files, so a sample can occur in both sets).
 
-    python benchmarks/build_real_eval.py --out /tmp/real_eval            # ~2-4 min on 2 cores
+    python benchmarks/build_real_eval.py --out /tmp/real_eval            # 5 min on a busy 2-core machine
     python benchmarks/build_real_eval.py --out /tmp/real_eval --install  # apt-get install the packages first
 
 Writes ``OUT/labeled/{audio/*.wav, meta/esc50.csv}`` (columns filename, fold, target, category, source, kind) and
