@@ -47,3 +47,26 @@ def test_best_tracker_prefers_accuracy_then_loss_and_stops():
 def test_patchout_tokens_leave_one():
     assert R.patchout_tokens(R.FinetuneRecipe(patchout_fraction=0.4), 248) == 99
     assert R.patchout_tokens(R.FinetuneRecipe(patchout_fraction=1.0), 10) == 9
+
+
+def test_split_view_restricts_items_and_forwards_attributes():
+    class Files(torch.utils.data.Dataset):
+        num_classes, clip_seconds = 2, 1.0
+        items = [(f"f{i}.wav", i % 2) for i in range(10)]
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return {"label": torch.tensor(i % 2)}
+
+        def _label(self, i):
+            return i % 2
+
+    fit, val = R.train_val_split(Files(), R.FinetuneRecipe(val_fraction=0.2), seed=3)
+    assert len(fit) == 8 and len(val) == 2
+    assert sorted(fit.items + val.items) == sorted(Files.items)
+    assert fit.num_classes == 2 and fit.clip_seconds == 1.0
+    assert sorted(int(val[i]["label"]) for i in range(2)) == [0, 1]  # stratified: one clip of each class
+    plain = R.SplitView([1, 2, 3], torch.tensor([0, 2]))
+    assert not hasattr(plain, "items") and [plain[0], plain[1]] == [1, 3]

@@ -350,7 +350,9 @@ def _finetune(args, device) -> int:
         b = result["best"]
         best_dir = Path(args.out) / "checkpoints" / "best"
         say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (saved in {best_dir})")
-        if val_ds is not None:  # the recipe's model is the selected checkpoint
+        if val_ds is not None and not (best_dir / "model.safetensors").is_file():
+            say(f"warning: {best_dir} is missing (removed after a resume?); final/ keeps the last step's model")
+        elif val_ds is not None:  # the recipe's model is the selected checkpoint
             from safetensors.torch import load_file
 
             clf.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)), strict=True)

@@ -187,8 +187,8 @@ def set_head_from_probe(head: torch.nn.Linear, w: torch.Tensor, b: torch.Tensor,
 
 class SplitView(torch.utils.data.Dataset):
     """The clips ``indices`` of ``dataset`` as a data set of their own; other attributes (``clip_seconds``,
-    ``num_classes``, ``set_epoch``, ...) are the parent's. ``items`` is hidden so file-based fast paths (DALI),
-    which would read every file of the parent, are not chosen for a view."""
+    ``num_classes``, ``set_epoch``, ...) are the parent's. ``items`` (the file list file-based fast paths such as
+    DALI read) is the parent's restricted to ``indices``, and absent when the parent has none."""
 
     def __init__(self, dataset, indices: torch.Tensor):
         self.dataset, self.indices = dataset, [int(i) for i in indices]
@@ -198,6 +198,13 @@ class SplitView(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.dataset[self.indices[i]]
+
+    @property
+    def items(self) -> list:
+        parent = self.__dict__["dataset"]
+        if not hasattr(parent, "items"):
+            raise AttributeError("items")
+        return [parent.items[i] for i in self.__dict__["indices"]]
 
     def __getattr__(self, name: str):
         if name in ("items", "dataset", "indices") or name.startswith("__"):
