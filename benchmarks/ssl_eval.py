@@ -8,12 +8,22 @@
      finetune_random      the same recipe from a randomly initialized encoder (no layer decay: nothing to keep)
      probe_pretrained     logistic regression (L-BFGS, L2) on frozen pre-trained clip embeddings
      probe_random         the same on the frozen random encoder the random fine-tuning starts from
-3. Print accuracy mean +- std over folds, write JSON (settings, per-fold accuracies, timings, versions, commit),
-   a box plot and reconstruction pictures of held-out clips.
+     logmel_baseline      no deep model: per-bin mean and std over time of the log-mel (2 x 128 features),
+                          the same logistic regression on the same folds
+3. Print accuracy mean +- std over folds, per-class accuracy; write JSON (settings, per-fold accuracies, per-class
+   accuracies, confusion matrices, timings, versions, commit), a box plot, a confusion-matrix picture and
+   reconstruction pictures of held-out clips.
+
+Fine-tuning follows :mod:`maskspec_fast.train.recipe` (the same defaults as ``python -m maskspec_fast.train
+finetune``): length in epochs, warm-up, layer-wise lr decay, a validation split taken from the training folds,
+best-checkpoint selection and early stopping on it. Every (setting, fold) pair draws from its own random stream
+(``stream_seed``): changing one setting's length or order leaves every other number unchanged.
 
     python benchmarks/ssl_eval.py                       # the default experiment (~30 min on 2 CPU cores)
     python benchmarks/ssl_eval.py --quick --out /tmp/q  # smoke run (well under a minute)
     python benchmarks/ssl_eval.py --esc50 /data/ESC-50 --unlabeled /data/unlabeled --clip-seconds 5
+    python benchmarks/build_real_eval.py --out /tmp/real && \
+        python benchmarks/ssl_eval.py --esc50 /tmp/real/labeled --unlabeled /tmp/real/unlabeled --out /tmp/r
 
 Every log-mel is computed once up front (fixed mel bank, no jitter): the model cost dominates and all settings
 see identical inputs. Accuracy is the fraction of correctly classified clips of the held-out fold.
@@ -21,14 +31,17 @@ see identical inputs. Accuracy is the fraction of correctly classified clips of 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,10 +51,29 @@ from _common import environment, write_json  # noqa: E402
 
 from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
 from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, num_frames  # noqa: E402
+from maskspec_fast.train import recipe as recipes  # noqa: E402
+from maskspec_fast.train.augment import (  # noqa: E402
+    apply_mixup,
+    apply_spec_augment,
+    apply_time_roll,
+    draw_mixup_lambda,
+    draw_spec_augment,
+    draw_time_roll,
+    scaled_time_mask,
+    soft_targets,
+)
 from maskspec_fast.train.schedule import make_adamw, param_groups, set_lr, warmup_cosine  # noqa: E402
+from maskspec_fast.train.tasks import classification_loss  # noqa: E402
 
-SETTINGS = ("finetune_pretrained", "finetune_random", "probe_pretrained", "probe_random")
+SETTINGS = ("finetune_pretrained", "finetune_random", "probe_pretrained", "probe_random", "logmel_baseline")
 RESULTS = Path(__file__).resolve().parent / "results"
+_RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None means "the recipe's default"
+    "finetune_epochs": "epochs", "warmup_epochs": "warmup_epochs", "finetune_batch": "batch_size",
+    "finetune_lr": "lr", "layer_decay": "layer_decay", "drop_path": "drop_path",
+    "label_smoothing": "label_smoothing", "patchout_fraction": "patchout_fraction", "freq_mask": "freq_mask",
+    "time_mask": "time_mask", "mixup": "mixup", "val_fraction": "val_fraction", "patience": "patience",
+    "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init",
+}
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -61,8 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "maskspec_ssl_eval"),
                    help="where the built-in labeled set is written (reused when already there)")
     g.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="folds to cross-validate")
+    g.add_argument("--test-folds", type=int, nargs="+", default=None,
+                   help="held-out folds to evaluate (default: all of --folds); the others of --folds still train")
     g.add_argument("--clip-seconds", type=float, default=None,
                    help="clip length (default: 2.56 for the built-in data, 5 for --esc50)")
+    g.add_argument("--unlabeled-seconds", type=float, default=None,
+                   help="length read from each unlabeled file (default: --clip-seconds); longer reads are cut into "
+                        "non-overlapping clip-length windows (e.g. 10 -> two 5-s clips per file)")
+    g.add_argument("--norm-stats", choices=["none", "unlabeled"], default="none",
+                   help="standardize each mel bin with mean/std measured on the unlabeled set (the paper's code)")
     g = p.add_argument_group("model (a CPU-sized MaskSpec; tiny preset is 192/12/3 with a 512/8/16 decoder)")
     g.add_argument("--embed-dim", type=int, default=192)
     g.add_argument("--depth", type=int, default=4)
@@ -76,25 +115,61 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrain-lr", type=float, default=1e-3, help="peak AdamW lr (warm-up, then cosine)")
     g.add_argument("--mask-ratio", type=float, default=0.75)
     g.add_argument("--no-norm-pix", action="store_true", help="plain (not per-patch normalized) targets")
-    g = p.add_argument_group("fine-tuning (both initializations use the same steps, batch, lr, augmentation)")
-    g.add_argument("--finetune-steps", type=int, default=50)
-    g.add_argument("--finetune-batch", type=int, default=32)
-    g.add_argument("--finetune-lr", type=float, default=1e-3, help="peak AdamW lr of the head")
-    g.add_argument("--layer-decay", type=float, default=0.75, help="pre-trained encoder only")
-    g.add_argument("--drop-path", type=float, default=0.1)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--patchout", type=int, default=48,
-                   help="patch tokens dropped per clip while fine-tuning (PaSST/MaskSpec: 200 of 496)")
-    g = p.add_argument_group("linear probe")
+    g.add_argument("--pretrain-frames", type=int, default=None,
+                   help="pre-train on windows of this many frames cut from the unlabeled clips (a multiple of 16; "
+                        "default: the labeled clip length). Shorter windows are cheaper; the fixed sin-cos "
+                        "positions let the encoder fine-tune on the full length")
+    g.add_argument("--pretrained-cache", default=None,
+                   help="a save_pretrained folder: loaded instead of pre-training when it exists (same settings!), "
+                        "else written after pre-training (for exploring fine-tuning settings)")
+    g = p.add_argument_group("fine-tuning (maskspec_fast.train.recipe; unset flags take the recipe's defaults)")
+    g.add_argument("--finetune-epochs", type=float, default=None, help="epochs of the fit split")
+    g.add_argument("--warmup-epochs", type=float, default=None)
+    g.add_argument("--finetune-batch", type=int, default=None)
+    g.add_argument("--finetune-lr", type=float, default=None, help="peak AdamW lr of the head")
+    g.add_argument("--layer-decay", type=float, default=None, help="pre-trained encoder only")
+    g.add_argument("--drop-path", type=float, default=None)
+    g.add_argument("--label-smoothing", type=float, default=None)
+    g.add_argument("--patchout-fraction", type=float, default=None, help="share of patch tokens dropped per clip")
+    g.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
+    g.add_argument("--freq-mask", type=int, default=None, help="SpecAugment frequency band limit (mel bins)")
+    g.add_argument("--time-mask", type=int, default=None, help="SpecAugment time span limit (frames per 10 s)")
+    g.add_argument("--mixup", type=float, default=None, help="mixup Beta(alpha, alpha); 0: off")
+    g.add_argument("--val-fraction", type=float, default=None, help="validation share of the training folds")
+    g.add_argument("--patience", type=int, default=None, help="evaluations without improvement before stopping")
+    g.add_argument("--eval-every-epochs", type=float, default=None)
+    g.add_argument("--pool", choices=["mean", "freq"], default=None,
+                   help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
+                        "row concatenated (with time-column patchout)")
+    g.add_argument("--head-init", choices=["zero", "probe"], default=None,
+                   help="fine-tuning head: MAE's near-zero init, or the linear probe fitted on the fit split (LP-FT)")
+    g = p.add_argument_group("linear probe and baseline")
     g.add_argument("--probe-l2", type=float, default=1e-3, help="L2 penalty on the probe weights")
     g.add_argument("--probe-iters", type=int, default=200, help="L-BFGS iterations")
+    g.add_argument("--probe-layer", type=int, default=-1,
+                   help="encoder block whose patch tokens are mean-pooled for the probe (-1: the last)")
+    g.add_argument("--probe-pool", choices=["mean", "freq"], default=None,
+                   help="probe features: mean over all patch tokens, or per frequency row (see embed()); default: "
+                        "the recipe's pool, so the probe and fine-tuning read the encoder the same way")
+    g.add_argument("--probe-sweep", action="store_true",
+                   help="also probe every encoder block with both poolings (table 'probe_sweep' in the JSON)")
     g = p.add_argument_group("run")
+    g.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--fold-workers", type=int, default=1,
+                   help="evaluate the held-out folds in this many forked processes of one thread each (same numbers)")
     g.add_argument("--out", default=str(RESULTS), help="output folder (ssl_eval.json, ssl_eval.png, ...)")
+    g.add_argument("--tag", default="ssl_eval", help="output file stem (TAG.json, TAG.png, TAG_confusion.png)")
     g.add_argument("--quick", action="store_true",
                    help="smoke run: tiny model, few clips and steps, 2 folds (numbers mean nothing)")
     return p
+
+
+def recipe_from_args(args: argparse.Namespace) -> recipes.FinetuneRecipe:
+    """The recipe's defaults with the flags that were given on top."""
+    r = recipes.FinetuneRecipe().replace(**{f: getattr(args, a, None) for a, f in _RECIPE_FLAGS.items()})
+    return r.replace(time_roll=False) if getattr(args, "no_time_roll", False) else r
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -106,8 +181,18 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.embed_dim, args.depth, args.heads = 32, 1, 2
     args.decoder_dim, args.decoder_depth, args.decoder_heads = 32, 1, 2
     args.pretrain_steps, args.pretrain_batch = 6, 16
-    args.finetune_steps, args.finetune_batch, args.patchout = 4, 8, 16
+    args.finetune_epochs = args.finetune_epochs or 4
+    args.finetune_batch = args.finetune_batch or 8
+    args.val_fraction = 0.0 if args.val_fraction is None else args.val_fraction
     args.probe_iters = 20
+
+
+def stream_seed(seed: int, setting: str, fold: int) -> int:
+    """The seed of one (setting, fold) pair: SeedSequence over (seed, crc32(setting), fold) -> 63 bits. Each
+    pair's randomness (head init, batch order, augmentation, drop path, patchout) comes from it alone."""
+    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(setting.encode()), int(fold)])
+    a, b = s.generate_state(2, np.uint32)
+    return (int(a) << 31) ^ int(b)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -127,7 +212,7 @@ def unlabeled_specs(args) -> tuple[torch.Tensor, str]:
     from maskspec_fast.data import AudioFolder, SyntheticSounds
 
     if args.unlabeled:
-        ds = AudioFolder(args.unlabeled, clip_seconds=args.clip_seconds)
+        ds = AudioFolder(args.unlabeled, clip_seconds=args.unlabeled_seconds or args.clip_seconds)
         desc = f"folder {args.unlabeled} ({len(ds)} clips)"
     else:
         ds = SyntheticSounds(args.unlabeled_clips, seed=args.unlabeled_seed, clip_seconds=args.clip_seconds,
@@ -159,18 +244,27 @@ def labeled_folds(args) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], l
     return folds, names, desc
 
 
+def bin_stats(specs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mel-bin mean and std over clips and frames: ``(F,)``, ``(F,)`` (std floored at 1e-3)."""
+    return specs.mean(dim=(0, 2)), specs.std(dim=(0, 2)).clamp_min(1e-3)
+
+
 def roll_time(spec: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Augmentation: circular shift of each clip along time by a random number of frames ``(B, F, T)``."""
-    t = spec.shape[-1]
-    shifts = torch.randint(0, t, (spec.shape[0],), generator=gen)
-    idx = (torch.arange(t).unsqueeze(0) - shifts.unsqueeze(1)) % t  # (B, T)
-    return torch.gather(spec, 2, idx.unsqueeze(1).expand(-1, spec.shape[1], -1))
+    return apply_time_roll(spec, draw_time_roll(gen, spec.shape[0], spec.shape[-1]))
+
+
+def logmel_features(spec: torch.Tensor) -> torch.Tensor:
+    """The trivial baseline's features: per-bin mean and std over time, ``(N, F, T) -> (N, 2F)``."""
+    return torch.cat([spec.mean(-1), spec.std(-1)], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------ training
 def pretrain(model: Model, specs: torch.Tensor, args, log_every: int = 50) -> dict[str, Any]:
     """AdamW (betas 0.9/0.95, wd 0.05 off biases/norms/tokens), linear warm-up then cosine, clip-grad 1."""
-    gen = torch.Generator().manual_seed(args.seed + 1)
+    seed = stream_seed(args.seed, "pretrain", 0)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 1)  # masking noise and drop path: this stream only
     opt = make_adamw(param_groups(model, 0.05), lr=args.pretrain_lr, betas=(0.9, 0.95))
     warmup = max(1, args.pretrain_steps // 20)
     curve, t0 = [], time.perf_counter()
@@ -202,63 +296,276 @@ def heldout_loss(model: Model, specs: torch.Tensor, mask_ratio: float, seed: int
     return float(model(specs, mask_ratio=mask_ratio, noise=noise)[0])
 
 
-def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, args, layer_decay: float | None, seed: int) -> None:
-    """Whole-model fine-tuning: AdamW (wd 0.05), warm-up + cosine, label smoothing, drop-path, random time roll."""
+@torch.no_grad()
+def _val_metrics(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = logits_of(clf, x)
+    return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.FinetuneRecipe,
+             layer_decay: float | None, seed: int, head_init: str = "zero", probe_l2: float = 1e-3,
+             probe_iters: int = 200, verbose: bool = False) -> dict[str, Any]:
+    """Whole-model fine-tuning by ``recipe`` on the training clips ``x (N, F, T)``, ``y (N,)``; returns a report.
+
+    A stratified validation split (``recipe.val_fraction`` of the TRAINING clips) picks the checkpoint (best
+    validation accuracy, ties by lower validation loss) and stops early; the test fold is never seen. AdamW
+    (betas 0.9/0.999), linear warm-up then cosine to ``min_lr``, gradient clipping at 1, label smoothing, drop
+    path and patchout (global RNG, seeded here), time roll / SpecAugment / mixup (from ``gen``).
+    ``head_init="probe"``: the head starts as the logistic regression fitted on the frozen fit-split embeddings
+    (LP-FT), so fine-tuning starts at the probe's solution instead of from chance.
+    """
     gen = torch.Generator().manual_seed(seed)
-    opt = make_adamw(param_groups(clf, 0.05, layer_decay=layer_decay), lr=args.finetune_lr,
-                            betas=(0.9, 0.999))
-    warmup = max(1, args.finetune_steps // 10)
-    clf.patchout = args.patchout
-    clf.train()
-    for step in range(args.finetune_steps):
-        set_lr(opt, warmup_cosine(step, args.finetune_steps, warmup, args.finetune_lr))
-        idx = torch.randperm(x.shape[0], generator=gen)[: args.finetune_batch]
-        loss = F.cross_entropy(clf(roll_time(x[idx], gen)), y[idx], label_smoothing=args.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clf.parameters(), 1.0)
-        opt.step()
+    torch.manual_seed(seed + 1)
+    c = clf.num_classes
+    sched = recipes.resolve(recipe, x.shape[0], c)
+    fit, val = recipes.stratified_split(y, sched.val_clips, gen)
+    xf, yf = x[fit], y[fit]
+    if head_init == "probe":
+        w, b, mu, sd = fit_probe(embed(clf, xf), yf, c, probe_l2, probe_iters)
+        recipes.set_head_from_probe(clf.head, w, b, mu, sd)
+    opt = make_adamw(param_groups(clf, recipe.weight_decay, layer_decay=layer_decay), lr=recipe.lr,
+                     betas=(0.9, 0.999))
+    clf.patchout = recipes.patchout_tokens(recipe, (x.shape[1] // clf.config.patch_size) *
+                                           (x.shape[2] // clf.config.patch_size))
+    tracker = recipes.BestTracker(sched.patience)
+    best_state, history, step, stop = None, [], 0, False
+    t_frames = x.shape[-1]
+    if sched.eval_every:  # the starting point competes too (with head_init="probe": the linear probe itself)
+        acc, vloss = _val_metrics(clf, x[val], y[val])
+        history.append({"step": 0, "val_accuracy": acc, "val_loss": vloss})
+        tracker.update(0, acc, vloss)
+        best_state = copy.deepcopy(clf.state_dict())
+    while step < sched.steps and not stop:
+        order = torch.randperm(fit.numel(), generator=gen)
+        for i in range(0, order.numel(), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            xb, yb = xf[idx], yf[idx]
+            if recipe.time_roll:
+                xb = roll_time(xb, gen)
+            if recipe.freq_mask > 0 or recipe.time_mask > 0:
+                p = draw_spec_augment(gen, xb.shape[0], xb.shape[1], t_frames, recipe.freq_mask,
+                                      scaled_time_mask(recipe.time_mask, t_frames))
+                xb = apply_spec_augment(xb, p)
+            target: torch.Tensor = yb
+            if recipe.mixup > 0:
+                xb, target = apply_mixup(xb, soft_targets(yb, c), draw_mixup_lambda(gen, xb.shape[0], recipe.mixup))
+            set_lr(opt, warmup_cosine(step, sched.steps, sched.warmup_steps, recipe.lr, recipe.min_lr))
+            clf.train()
+            loss = classification_loss(clf(xb), target, False, recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(clf.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if sched.eval_every and (step % sched.eval_every == 0 or step == sched.steps):
+                acc, vloss = _val_metrics(clf, x[val], y[val])
+                history.append({"step": step, "val_accuracy": acc, "val_loss": vloss})
+                if verbose:
+                    print(f"    step {step}/{sched.steps}: val acc {acc:.3f}, val loss {vloss:.3f}", flush=True)
+                if tracker.update(step, acc, vloss):
+                    best_state = copy.deepcopy(clf.state_dict())
+                if tracker.should_stop:
+                    stop = True
+            if stop or step >= sched.steps:
+                break
+    if best_state is not None:
+        clf.load_state_dict(best_state)
     clf.eval()
+    return {"steps_planned": sched.steps, "steps_run": step, "best_step": tracker.best_step if sched.eval_every else step,
+            "fit_clips": sched.fit_clips, "val_clips": sched.val_clips, "history": history}
 
 
 @torch.no_grad()
-def predict(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def logits_of(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     clf.eval()
-    return torch.cat([clf(x[i : i + batch]) for i in range(0, x.shape[0], batch)]).argmax(-1)
+    return torch.cat([clf(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
-def embed(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Frozen clip embeddings ``(N, D)``: mean of the patch tokens, layer-normalized (``Classifier.embed``)."""
+def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, pool: str = "mean") -> torch.Tensor:
+    """Frozen clip embeddings from the patch tokens after encoder block ``layer`` (-1: the last).
+
+    ``pool="mean"``: ``(N, D)``, the mean over all patch tokens (for the last block ``fc_norm`` of it, exactly
+    ``Classifier.embed``; for an earlier block a parameter-free LayerNorm of it). ``pool="freq"``: ``(N, G_f * D)``,
+    the mean over time within each frequency row of the patch grid, each row layer-normed, rows concatenated
+    (keeps WHERE in frequency the content is, which a mean over the whole grid averages away).
+    """
     clf.eval()
-    return torch.cat([clf.embed(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    depth = len(clf.blocks)
+    layer = depth - 1 if layer == -1 else layer
+    if pool == "mean" and layer == depth - 1:
+        return torch.cat([clf.embed(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    gf = x.shape[1] // clf.config.patch_size
+    outs = []
+    full = clf.blocks
+    try:
+        clf.blocks = full[: layer + 1]  # the same forward, stopped after block `layer`
+        for i in range(0, x.shape[0], batch):
+            tokens = clf.forward_features(x[i : i + batch])[:, 1:]  # (B, L, D), L = G_f * G_t row-major
+            d = tokens.shape[-1]
+            if pool == "freq":
+                rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
+                outs.append(F.layer_norm(rows, (d,)).flatten(1))  # (B, G_f * D)
+            else:
+                outs.append(F.layer_norm(tokens.mean(1), (d,)))
+    finally:
+        clf.blocks = full
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[tuple[int, str], torch.Tensor]:
+    """Every block's pooled tokens in one forward pass (forward hooks on the blocks):
+    ``{(layer, "mean"): (N, D), (layer, "freq"): (N, G_f * D)}``, pooled as :func:`embed` does (parameter-free
+    LayerNorm, also for the last block)."""
+    clf.eval()
+    gf = x.shape[1] // clf.config.patch_size
+    outs: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def hook(i):
+        def fn(_module, _inp, out):
+            tokens = out[:, 1:]  # (B, L, D)
+            d = tokens.shape[-1]
+            outs.setdefault((i, "mean"), []).append(F.layer_norm(tokens.mean(1), (d,)))
+            rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
+            outs.setdefault((i, "freq"), []).append(F.layer_norm(rows, (d,)).flatten(1))
+        return fn
+
+    handles = [blk.register_forward_hook(hook(i)) for i, blk in enumerate(clf.blocks)]
+    try:
+        for i in range(0, x.shape[0], batch):
+            clf.forward_features(x[i : i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+def probe_sweep(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                args: argparse.Namespace, test_folds: list[int]) -> dict[str, dict[str, float]]:
+    """Linear-probe accuracy for every (encoder, block, pooling): ``{"pretrained/L2/freq": {"mean", "std",
+    "per_fold"}}``. Deterministic (L-BFGS from zeros on frozen features), so no random stream is involved."""
+    keys = sorted(folds)
+    out = {}
+    for init, m in models.items():
+        clf = Classifier.from_model(m, num_classes)
+        feats = {k: embed_all_layers(clf, folds[k][0]) for k in keys}
+        for key in feats[keys[0]]:
+            accs = []
+            for k in test_folds:
+                tr = [j for j in keys if j != k]
+                pred = linear_probe(torch.cat([feats[j][key] for j in tr]), torch.cat([folds[j][1] for j in tr]),
+                                    feats[k][key], num_classes, args.probe_l2, args.probe_iters)
+                accs.append(float((pred == folds[k][1]).float().mean()))
+            name = f"{init}/L{key[0]}/{key[1]}"
+            out[name] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                         "per_fold": dict(zip(map(str, test_folds), accs))}
+            print(f"  probe sweep {name:<24} {out[name]['mean']:.3f} +- {out[name]['std']:.3f}", flush=True)
+    return out
+
+
+def fit_probe(xtr: torch.Tensor, ytr: torch.Tensor, num_classes: int, l2: float,
+              iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The recipe's logistic regression (:func:`maskspec_fast.train.recipe.fit_logistic_regression`)."""
+    return recipes.fit_logistic_regression(xtr, ytr, num_classes, l2, iters)
 
 
 def linear_probe(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, num_classes: int, l2: float,
                  iters: int) -> torch.Tensor:
-    """Multinomial logistic regression on standardized features (train-fold statistics), fitted by L-BFGS:
-
-    ``min_{W,b} mean_i CE(W z_i + b, y_i) + l2 * ||W||^2``,  z = (x - mu) / sigma.  Returns test predictions.
-    """
-    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-    ztr, zte = (xtr - mu) / sd, (xte - mu) / sd
-    w = torch.zeros(ztr.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    ztr64, zte64 = ztr.double(), zte.double()
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(ztr64 @ w + b, ytr) + l2 * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return (zte64 @ w + b).argmax(-1)
+    """:func:`fit_probe` on the training features, predictions ``(N_test,)`` for ``xte``."""
+    w, b, mu, sd = fit_probe(xtr, ytr, num_classes, l2, iters)
+    return ((((xte - mu) / sd).double()) @ w + b).argmax(-1)
 
 
 # ------------------------------------------------------------------------------------------------ experiment
+def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                   args: argparse.Namespace, settings: list[str] | tuple[str, ...],
+                   test_folds: list[int] | None = None) -> dict[str, Any]:
+    """Cross-validate ``settings`` (each held-out fold of ``test_folds`` in turn; the other folds train).
+
+    ``models``: ``{"pretrained": Model, "random": Model}`` (never modified). Every (setting, fold) pair starts
+    from ``stream_seed(args.seed, setting, fold)``, so its number does not depend on which other settings ran,
+    in what order, or how long. Returns per-setting accuracies per fold, predictions, reports and seconds.
+    """
+    recipe = recipe_from_args(args)
+    keys = sorted(folds)
+    test_folds = list(test_folds or keys)
+    acc: dict[str, dict[int, float]] = {s: {} for s in settings}
+    preds: dict[str, dict[int, torch.Tensor]] = {s: {} for s in settings}
+    reports: dict[str, dict[int, dict]] = {s: {} for s in settings}
+    seconds: dict[str, float] = {s: 0.0 for s in settings}
+    for k in test_folds:
+        train_k = [j for j in keys if j != k]
+        xtr = torch.cat([folds[j][0] for j in train_k])
+        ytr = torch.cat([folds[j][1] for j in train_k])
+        xte, yte = folds[k]
+        for s in settings:
+            t = time.perf_counter()
+            seed = stream_seed(args.seed, s, k)
+            torch.manual_seed(seed)  # head initialization of a fresh Classifier
+            kind, _, init = s.partition("_")
+            if kind == "finetune":
+                clf = Classifier.from_model(models[init], num_classes, drop_path_rate=recipe.drop_path,
+                                            pool=recipe.pool)
+                decay = recipe.layer_decay if init == "pretrained" else None
+                reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=recipe.head_init,
+                                         probe_l2=args.probe_l2, probe_iters=args.probe_iters,
+                                         verbose=not args.quick)
+                pred = logits_of(clf, xte).argmax(-1)
+            elif kind == "probe":
+                clf = Classifier.from_model(models[init], num_classes)
+                pool = args.probe_pool or recipe.pool
+                etr = embed(clf, xtr, layer=args.probe_layer, pool=pool)
+                ete = embed(clf, xte, layer=args.probe_layer, pool=pool)
+                pred = linear_probe(etr, ytr, ete, num_classes, args.probe_l2, args.probe_iters)
+            else:  # logmel_baseline
+                pred = linear_probe(logmel_features(xtr), ytr, logmel_features(xte), num_classes, args.probe_l2,
+                                    args.probe_iters)
+            preds[s][k] = pred
+            acc[s][k] = float((pred == yte).float().mean())
+            seconds[s] += time.perf_counter() - t
+        print(f"  fold {k} ({yte.numel()} test clips): " + ", ".join(f"{s} {acc[s][k]:.3f}" for s in settings),
+              flush=True)
+    return {"accuracy": acc, "predictions": preds, "reports": reports, "seconds": seconds}
+
+
+def _one_fold(job: tuple) -> dict[str, Any]:
+    """Worker of :func:`evaluate_folds_parallel`: one held-out fold on one CPU thread (forked process)."""
+    models, folds, num_classes, args, settings, k = job
+    torch.set_num_threads(1)
+    return evaluate_folds(models, folds, num_classes, args, settings, [k])
+
+
+def evaluate_folds_parallel(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                            num_classes: int, args: argparse.Namespace, settings, test_folds: list[int] | None,
+                            workers: int) -> dict[str, Any]:
+    """:func:`evaluate_folds` with the held-out folds spread over ``workers`` forked processes (one thread each).
+    Every (setting, fold) pair has its own stream, so the numbers equal a one-process run at one thread."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    test_folds = list(test_folds or sorted(folds))
+    if workers <= 1 or len(test_folds) == 1:
+        return evaluate_folds(models, folds, num_classes, args, settings, test_folds)
+    jobs = [(models, folds, num_classes, args, list(settings), k) for k in test_folds]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+        parts = list(pool.map(_one_fold, jobs))
+    merged: dict[str, Any] = {key: {s: {} for s in settings} for key in ("accuracy", "predictions", "reports")}
+    merged["seconds"] = {s: 0.0 for s in settings}
+    for part in parts:
+        for key in ("accuracy", "predictions", "reports"):
+            for s in settings:
+                merged[key][s].update(part[key][s])
+        for s in settings:
+            merged["seconds"][s] += part["seconds"][s]  # summed over workers (CPU-side cost, not wall time)
+    return merged
+
+
+def confusion(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` int64 counts, rows = true class, columns = predicted class."""
+    return torch.bincount(true * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, -1)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         apply_quick(args)
@@ -276,7 +583,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unl, unlabeled_desc = unlabeled_specs(args)
     timings["data_s"] = time.perf_counter() - t
     frames = num_frames(int(round(args.clip_seconds * SAMPLE_RATE))) // 16 * 16
-    unl, folds = unl[..., :frames], {k: (s[..., :frames], y) for k, (s, y) in folds.items()}
+    pt_frames = min(args.pretrain_frames or frames, unl.shape[-1] // 16 * 16)
+    windows = max(1, unl.shape[-1] // pt_frames)
+    unl = unl[..., : windows * pt_frames].reshape(unl.shape[0], unl.shape[1], windows, pt_frames)  # (N, F, W, T)
+    unl = unl.permute(0, 2, 1, 3).reshape(-1, unl.shape[1], pt_frames)  # (N * W, F, T): every window a clip
+    folds = {k: (s[..., :frames], y) for k, (s, y) in folds.items()}
+    if args.norm_stats == "unlabeled":
+        mean, std = bin_stats(unl)
+        unl = (unl - mean[:, None]) / std[:, None]
+        folds = {k: ((s - mean[:, None]) / std[:, None], y) for k, (s, y) in folds.items()}
     n_labeled = sum(int(y.numel()) for _, y in folds.values())
     print(f"unlabeled: {unlabeled_desc} -> {tuple(unl.shape)}")
     print(f"labeled:   {labeled_desc} -> {n_labeled} clips, {len(class_names)} classes, folds {args.folds}")
@@ -296,8 +611,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"model: encoder {args.embed_dim}/{args.depth}/{args.heads} ({n_enc / 1e6:.2f}M params), decoder "
           f"{args.decoder_dim}/{args.decoder_depth}/{args.decoder_heads}, {config.num_patches} patches of "
           f"{config.grid_f}x{config.grid_t}; pre-training {args.pretrain_steps} steps x {args.pretrain_batch}")
+    recipe = recipe_from_args(args)
+    n_train = n_labeled - min(int(y.numel()) for _, y in folds.values())
+    sched = recipes.resolve(recipe, n_train, len(class_names))
+    print(f"fine-tuning recipe: {recipe}\n  -> for ~{n_train} training clips: {sched}")
 
-    pt = pretrain(model, unl, args, log_every=max(1, args.pretrain_steps // 12))
+    cache = Path(args.pretrained_cache) if args.pretrained_cache else None
+    if cache is not None and (cache / "pretrain.json").is_file():
+        import json
+
+        model = Model.from_pretrained(cache)
+        pt = json.loads((cache / "pretrain.json").read_text())
+        print(f"loaded the pre-trained model from {cache} (pre-training skipped)")
+    else:
+        pt = pretrain(model, unl, args, log_every=max(1, args.pretrain_steps // 12))
+        if cache is not None:
+            model.save_pretrained(cache)
+            write_json(str(cache / "pretrain.json"), pt)
     timings["pretrain_s"] = pt["seconds"]
     loss_after = heldout_loss(model, heldout, args.mask_ratio, args.seed)
     print(f"held-out masked loss (fixed masks, {heldout.shape[0]} labeled clips): random init {loss_before:.4f} -> "
@@ -305,50 +635,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     del unl
 
     recon = _reconstructions(model, heldout[:4], args, out)
-
     num_classes = len(class_names)
-    acc: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    seconds: dict[str, float] = {s: 0.0 for s in SETTINGS}
-    emb: dict[str, dict[int, torch.Tensor]] = {}
+    settings = list(args.settings)
     t = time.perf_counter()
-    for name, src in (("pretrained", model), ("random", random_model)):
-        clf = Classifier.from_model(src, num_classes)
-        emb[name] = {k: embed(clf, s) for k, (s, _) in folds.items()}
-    t_embed = (time.perf_counter() - t) / 2
-    for k in args.folds:
-        train_k = [j for j in args.folds if j != k]
-        xtr = torch.cat([folds[j][0] for j in train_k])
-        ytr = torch.cat([folds[j][1] for j in train_k])
-        xte, yte = folds[k]
-        row = {}
-        for name, src in (("pretrained", model), ("random", random_model)):
-            t = time.perf_counter()
-            clf = Classifier.from_model(src, num_classes, drop_path_rate=args.drop_path)
-            finetune(clf, xtr, ytr, args, args.layer_decay if name == "pretrained" else None,
-                     seed=args.seed * 1000 + k)
-            a = float((predict(clf, xte) == yte).float().mean())
-            acc[f"finetune_{name}"].append(a)
-            seconds[f"finetune_{name}"] += time.perf_counter() - t
-            row[f"finetune_{name}"] = a
-            t = time.perf_counter()
-            etr = torch.cat([emb[name][j] for j in train_k])
-            pred = linear_probe(etr, ytr, emb[name][k], num_classes, args.probe_l2, args.probe_iters)
-            a = float((pred == yte).float().mean())
-            acc[f"probe_{name}"].append(a)
-            seconds[f"probe_{name}"] += time.perf_counter() - t + t_embed / len(args.folds)
-            row[f"probe_{name}"] = a
-        print(f"  fold {k} ({yte.numel()} test clips): " + ", ".join(f"{s} {row[s]:.3f}" for s in SETTINGS),
-              flush=True)
-    timings.update({f"{s}_s": v for s, v in seconds.items()})
+    ev = evaluate_folds_parallel({"pretrained": model, "random": random_model}, folds, num_classes, args, settings,
+                                 args.test_folds, args.fold_workers)
+    timings["folds_wall_s"] = time.perf_counter() - t
+    timings.update({f"{s}_s": v for s, v in ev["seconds"].items()})
+    sweep = None
+    if args.probe_sweep:
+        t = time.perf_counter()
+        sweep = probe_sweep({"pretrained": model, "random": random_model}, folds, num_classes, args,
+                            list(args.test_folds or sorted(folds)))
+        timings["probe_sweep_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    summary = {s: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-                   "per_fold": dict(zip(map(str, args.folds), v))} for s, v in acc.items()}
+    test_folds = list(args.test_folds or sorted(folds))
+    true = torch.cat([folds[k][1] for k in test_folds])
+    summary, confusions = {}, {}
+    for s in settings:
+        v = [ev["accuracy"][s][k] for k in test_folds]
+        cm = confusion(torch.cat([ev["predictions"][s][k] for k in test_folds]), true, num_classes)
+        confusions[s] = cm
+        per_class = (cm.diag().double() / cm.sum(1).clamp_min(1).double()).tolist()
+        summary[s] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                      "per_fold": {str(k): ev["accuracy"][s][k] for k in test_folds},
+                      "per_class": dict(zip(class_names, per_class)), "confusion": cm.tolist()}
+        if s.startswith("finetune"):
+            summary[s]["finetune_reports"] = {str(k): r for k, r in ev["reports"][s].items()}
     result = {
         "benchmark": "ssl_eval",
         "environment": environment(torch.device("cpu")),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
         "settings": {k: v for k, v in vars(args).items()},
+        "recipe": {**vars(recipe).copy(), "resolved_for_train_clips": n_train, **{"schedule": vars(sched)}},
         "model_config": config.to_dict(),
         "encoder_params": n_enc,
         "data": {"unlabeled": unlabeled_desc, "labeled": labeled_desc, "labeled_clips": n_labeled,
@@ -356,14 +676,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretraining": {"curve": pt["curve"], "heldout_loss_random_init": loss_before,
                         "heldout_loss_pretrained": loss_after},
         "accuracy": summary,
+        "probe_sweep": sweep,
         "timings_s": timings,
         "files": {"reconstructions": str(recon)},
     }
-    result["files"]["plot"] = str(_plot(summary, result, out))
-    path = out / "ssl_eval.json"
+    result["files"]["plot"] = str(_plot(summary, result, out, settings, args.tag))
+    result["files"]["confusion"] = str(_plot_confusion(confusions, class_names, out, args.tag))
+    path = out / f"{args.tag}.json"
     write_json(str(path), result)
-    _print_table(summary, timings, 1.0 / num_classes)
-    print(f"also wrote {result['files']['plot']}, {recon}")
+    _print_table(summary, timings, 1.0 / num_classes, settings, class_names)
+    print(f"wrote {path}, {result['files']['plot']}, {result['files']['confusion']}, {recon}")
     return result
 
 
@@ -374,24 +696,24 @@ def _reconstructions(model: Model, specs: torch.Tensor, args, out: Path) -> Path
     noise = torch.rand(specs.shape[0], model.config.num_patches, generator=g)
     with torch.no_grad():
         _, pred, mask = model(specs, mask_ratio=args.mask_ratio, noise=noise)
-    return save_reconstructions(specs, pred, mask, out / "ssl_eval_reconstructions.png", model.config.patch_size,
+    return save_reconstructions(specs, pred, mask, out / f"{args.tag}_reconstructions.png", model.config.patch_size,
                                 model.config.norm_pix_loss,
                                 f"held-out clips after {args.pretrain_steps} pre-training steps")
 
 
-def _plot(summary: dict, result: dict, out: Path) -> Path:
+def _plot(summary: dict, result: dict, out: Path, settings: list[str], tag: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.4, 1]})
-    data = [list(summary[s]["per_fold"].values()) for s in SETTINGS]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1.6, 1]})
+    data = [list(summary[s]["per_fold"].values()) for s in settings]
     ax.boxplot(data, showmeans=True)
     for i, d in enumerate(data, 1):
         ax.scatter([i + 0.08 * (j - len(d) / 2) / max(1, len(d)) for j in range(len(d))], d, s=12, color="k",
                    zorder=3)
-    ax.set_xticks(range(1, len(SETTINGS) + 1), [s.replace("_", "\n") for s in SETTINGS])
+    ax.set_xticks(range(1, len(settings) + 1), [s.replace("_", "\n") for s in settings])
     ax.axhline(result["data"]["chance"], color="gray", ls=":", label="chance")
     ax.set_ylabel("accuracy (per fold)")
     ax.set_ylim(0, 1.02)
@@ -406,18 +728,46 @@ def _plot(summary: dict, result: dict, out: Path) -> Path:
     ax2.set_title("pre-training")
     ax2.legend()
     fig.tight_layout()
-    path = out / "ssl_eval.png"
+    path = out / f"{tag}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
-def _print_table(summary: dict, timings: dict, chance: float) -> None:
+def _plot_confusion(confusions: dict[str, torch.Tensor], names: list[str], out: Path, tag: str) -> Path:
+    """One row-normalized confusion matrix per setting (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(confusions)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), squeeze=False)
+    for ax, (s, cm) in zip(axes[0], confusions.items()):
+        norm = cm.double() / cm.sum(1, keepdim=True).clamp_min(1)
+        ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_title(f"{s}\nacc {float(cm.diag().sum() / cm.sum()):.3f}", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true", fontsize=7)
+    fig.tight_layout()
+    path = out / f"{tag}_confusion.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _print_table(summary: dict, timings: dict, chance: float, settings: list[str], names: list[str]) -> None:
     print(f"\n{'setting':<22}{'accuracy mean +- std':>22}{'per fold':>40}{'time (s)':>10}")
-    for s in SETTINGS:
+    for s in settings:
         folds = " ".join(f"{v:.2f}" for v in summary[s]["per_fold"].values())
         print(f"{s:<22}{summary[s]['mean']:>14.3f} +- {summary[s]['std']:.3f}{folds:>40}{timings[s + '_s']:>10.0f}")
     print(f"(chance {chance:.3f}; pre-training {timings['pretrain_s']:.0f} s, total {timings['total_s']:.0f} s)")
+    print("\nper-class accuracy (pooled over the test folds):")
+    print(f"{'class':<14}" + "".join(f"{s[:16]:>18}" for s in settings))
+    for c in names:
+        print(f"{c[:14]:<14}" + "".join(f"{summary[s]['per_class'][c]:>18.2f}" for s in settings))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

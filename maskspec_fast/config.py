@@ -39,6 +39,11 @@ class ModelConfig:
     norm_pix_loss: bool = True
     drop_path_rate: float = 0.0  # fine-tuning uses 0.1
     preset: str = "custom"
+    # Classifier pooling: "mean" over all patch tokens (timm's global_pool="avg", the paper's), or "freq": the
+    # mean over time within each frequency row, fc_norm per row, rows concatenated (head input grid_f * D). A
+    # mean over the whole grid averages away WHERE in frequency a sound is; "freq" keeps it (optional, measured in
+    # benchmarks/SSL_EVAL.md; not loadable into timm's VisionTransformer).
+    pool: str = "mean"
 
     def __post_init__(self) -> None:
         p = self.patch_size
@@ -59,6 +64,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.pool not in ("mean", "freq"):
+            raise ValueError(f"pool must be 'mean' or 'freq', got {self.pool!r}")
 
     # derived sizes -----------------------------------------------------------------------------------------------
     @property

@@ -290,7 +290,7 @@ class Classifier(_Encoder):
         self.ops = fused_ops.resolve(self.fused, fused_ops.CLASSIFIER_OPS)
         self._build_encoder(c, self.ops.attention_backend, learn_pos=True)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.embed_dim, num_classes)
+        self.head = nn.Linear(c.embed_dim * (c.grid_f if c.pool == "freq" else 1), num_classes)
         self.apply(init_weights)
         self._init_common()
         nn.init.normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
@@ -317,8 +317,15 @@ class Classifier(_Encoder):
         if self.training and self.patchout > 0 and n - self.patchout >= 1:
             if pad is not None:
                 raise ValueError("patchout with a lengths tensor is not supported; pad clips or drop patchout")
-            _, _, ids_keep, _ = self.ops.masking(torch.rand(b, n, device=x.device), n - self.patchout)
-            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L - patchout, D)
+            if self.config.pool == "freq":  # structured (PaSST's time patchout): drop whole time columns
+                gf, gt = grid
+                k = min(gt - 1, self.patchout // gf)
+                _, _, cols, _ = self.ops.masking(torch.rand(b, gt, device=x.device), gt - k)  # (B, gt - k) kept
+                cols = cols.sort(dim=1).values
+                ids_keep = (torch.arange(gf, device=x.device).view(1, -1, 1) * gt + cols.unsqueeze(1)).flatten(1)
+            else:  # unstructured: any patchout tokens
+                _, _, ids_keep, _ = self.ops.masking(torch.rand(b, n, device=x.device), n - self.patchout)
+            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L', D)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
@@ -334,9 +341,18 @@ class Classifier(_Encoder):
         return torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
 
     def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Clip embedding ``(B, D)``: fc_norm(mean of the (valid) patch tokens)."""
+        """Clip embedding: fc_norm(mean of the (valid) patch tokens) ``(B, D)``; with ``config.pool == "freq"``
+        the mean over time per frequency row, fc_norm per row, rows concatenated ``(B, grid_f * D)``."""
         x, pad = self._features(spec, lengths)
         tokens = x[:, 1:]  # (B, L, D)
+        if self.config.pool == "freq":
+            b, n, d = tokens.shape
+            gf = self.config.n_mels // self.config.patch_size
+            keep = torch.ones(b, n, 1, dtype=tokens.dtype, device=tokens.device) if pad is None else \
+                (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+            # tokens are row-major over (G_f, G_t'): structured patchout keeps whole columns, so rows stay rows
+            rows = (tokens * keep).reshape(b, gf, -1, d).sum(2) / keep.reshape(b, gf, -1, 1).sum(2)  # (B, G_f, D)
+            return self.fc_norm(rows).flatten(1)  # (B, G_f * D)
         if pad is None:
             return self.fc_norm(tokens.mean(dim=1))
         keep = (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
@@ -427,7 +443,8 @@ class Classifier(_Encoder):
         if kind == "classifier":
             n = meta["num_classes"] if num_classes is None else num_classes
             clf = cls(config, n, fused=fused)
-            if n == meta["num_classes"]:
+            same_pool = config.pool == meta["config"].get("pool", "mean")
+            if n == meta["num_classes"] and same_pool:  # else the head does not fit: encoder only, new head
                 clf.load_state_dict(_fit_pos_tables(state, clf), strict=True)
             else:
                 clf.load_encoder(state)

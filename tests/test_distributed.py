@@ -129,7 +129,8 @@ def test_two_processes_equal_one_process_finetuning_with_eval(tmp_path):
     and therefore not part of this comparison.)"""
     base = ["finetune", "--data", "synthetic:36:seed=3", "--eval-data", "synthetic:15:seed=4", "--eval-every", "2",
             "--steps", "4", "--batch-size", "6", "--lr", "2e-3", "--warmup-steps", "1", "--save-every", "0",
-            "--drop-path", "0", "--freq-mask", "48", "--time-mask", "192", "--balanced-sampling", *SMALL, *FAST]
+            "--drop-path", "0", "--patchout", "0", "--freq-mask", "48", "--time-mask", "192", "--balanced-sampling", *SMALL,
+            *FAST]
     assert main([*base, "--out", str(tmp_path / "one"), "--threads", "2"]) == 0
     torchrun([*base, "--out", str(tmp_path / "two"), "--threads", "1"])
     assert_same_run(tmp_path / "one", tmp_path / "two")

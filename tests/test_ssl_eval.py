@@ -17,7 +17,7 @@ def test_help_runs():
     out = subprocess.run([sys.executable, str(BENCH / "ssl_eval.py"), "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0
-    for flag in ("--unlabeled", "--esc50", "--pretrain-steps", "--finetune-steps", "--depth", "--seed", "--out",
+    for flag in ("--unlabeled", "--esc50", "--pretrain-steps", "--finetune-epochs", "--depth", "--seed", "--out",
                  "--quick"):
         assert flag in out.stdout
 
@@ -38,7 +38,13 @@ def test_quick_run_writes_results(tmp_path):
     assert curve[-1]["step"] == data["settings"]["pretrain_steps"]
     assert curve[-1]["loss"] < curve[0]["loss"]  # even 6 steps lower the masked-patch loss
     assert data["pretraining"]["heldout_loss_pretrained"] < data["pretraining"]["heldout_loss_random_init"]
-    for name in ("ssl_eval.png", "ssl_eval_reconstructions.png"):
+    n_classes = len(data["data"]["classes"])
+    for s in ssl_eval.SETTINGS:  # per-class accuracy and the confusion matrix agree with the per-fold numbers
+        cm = torch.tensor(data["accuracy"][s]["confusion"])
+        assert cm.shape == (n_classes, n_classes) and int(cm.sum()) == data["data"]["labeled_clips"]
+        assert float(cm.diag().sum() / cm.sum()) == pytest.approx(data["accuracy"][s]["mean"], abs=1e-6)
+        assert set(data["accuracy"][s]["per_class"]) == set(data["data"]["classes"])
+    for name in ("ssl_eval.png", "ssl_eval_reconstructions.png", "ssl_eval_confusion.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert list((tmp_path / "data").glob("*/meta/esc50.csv"))  # the built-in labeled set, ESC-50 layout
     assert result["accuracy"] == data["accuracy"]
@@ -65,3 +71,96 @@ def test_roll_time_is_a_circular_shift_per_clip():
     shifts = torch.randint(0, 17, (3,), generator=torch.Generator().manual_seed(1))
     for b in range(3):
         assert torch.equal(rolled[b], torch.roll(spec[b], int(shifts[b]), dims=-1))
+
+
+# ------------------------------------------------------------------------------------------------ independent streams
+def _tiny_setup():
+    from maskspec_fast import Model, ModelConfig
+
+    cfg = ModelConfig(frames=32, embed_dim=16, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                      decoder_num_heads=2, preset="custom")
+    torch.manual_seed(0)
+    models = {"pretrained": Model(cfg), "random": Model(cfg)}
+    g = torch.Generator().manual_seed(1)
+    folds = {k: (torch.randn(9, 128, 32, generator=g), torch.arange(3).repeat(3)) for k in (1, 2, 3)}
+    return models, folds
+
+
+def _args(*extra):
+    return ssl_eval.build_parser().parse_args(["--finetune-batch", "4", "--val-fraction", "0.25", "--probe-iters",
+                                               "10", "--eval-every-epochs", "1", "--patience", "0", *extra])
+
+
+def test_each_setting_and_fold_has_its_own_stream():
+    models, folds = _tiny_setup()
+    before = {k: v.clone() for k, v in models["pretrained"].state_dict().items()}
+    a = ssl_eval.evaluate_folds(models, folds, 3, _args("--finetune-epochs", "2"), ssl_eval.SETTINGS)
+    # another length for the pre-trained fine-tuning only, the other settings in another order, one fold fewer
+    b = ssl_eval.evaluate_folds(models, folds, 3, _args("--finetune-epochs", "2"),
+                                ["logmel_baseline", "probe_random", "finetune_random", "probe_pretrained"],
+                                test_folds=[3, 2])
+    c = ssl_eval.evaluate_folds(models, folds, 3, _args("--finetune-epochs", "3"), ["finetune_pretrained"],
+                                test_folds=[2])
+    for s in ("logmel_baseline", "probe_random", "finetune_random", "probe_pretrained"):
+        for k in (2, 3):
+            assert torch.equal(a["predictions"][s][k], b["predictions"][s][k]), (s, k)
+    for k in (2, 3):  # fine-tuning: the same validation curve, value for value
+        assert a["reports"]["finetune_random"][k]["history"] == b["reports"]["finetune_random"][k]["history"]
+    # the length change did change the setting it was applied to (the test would notice a dead option)
+    assert c["reports"]["finetune_pretrained"][2]["steps_run"] > a["reports"]["finetune_pretrained"][2]["steps_run"]
+    # the shared models are never modified by fine-tuning
+    assert all(torch.equal(v, models["pretrained"].state_dict()[k]) for k, v in before.items())
+
+
+def test_stream_seeds_differ_per_setting_and_fold():
+    seeds = {ssl_eval.stream_seed(0, s, k) for s in ssl_eval.SETTINGS for k in range(1, 6)}
+    assert len(seeds) == 5 * len(ssl_eval.SETTINGS)
+    assert ssl_eval.stream_seed(0, "finetune_random", 1) == ssl_eval.stream_seed(0, "finetune_random", 1)
+    assert ssl_eval.stream_seed(1, "finetune_random", 1) != ssl_eval.stream_seed(0, "finetune_random", 1)
+
+
+def test_logmel_features_are_per_bin_mean_and_std():
+    spec = torch.randn(4, 128, 50) * torch.linspace(0.5, 2, 128).view(1, -1, 1) + 3
+    f = ssl_eval.logmel_features(spec)
+    assert f.shape == (4, 256)
+    assert torch.allclose(f[:, :128], spec.mean(-1)) and torch.allclose(f[:, 128:], spec.std(-1))
+
+
+def test_confusion_counts():
+    true = torch.tensor([0, 0, 1, 2, 2, 2])
+    pred = torch.tensor([0, 1, 1, 2, 0, 2])
+    cm = ssl_eval.confusion(pred, true, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_probe_head_init_reproduces_the_probe():
+    """LP-FT: the head set from the probe gives the probe's predictions before any fine-tuning step."""
+    from maskspec_fast import Classifier
+
+    models, folds = _tiny_setup()
+    x, y = folds[1]
+    clf = Classifier.from_model(models["pretrained"], 3)
+    emb = ssl_eval.embed(clf, x)
+    probe = ssl_eval.linear_probe(emb, y, emb, 3, 1e-3, 30)
+    args = _args("--finetune-epochs", "0", "--val-fraction", "0")
+    rec = ssl_eval.recipe_from_args(args).replace(epochs=1e-9)  # resolve() keeps one step; lr 0 below
+    rec = rec.replace(lr=0.0, min_lr=0.0)
+    ssl_eval.finetune(clf, x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
+    assert torch.equal(ssl_eval.logits_of(clf, x).argmax(-1), probe)
+
+
+def test_parallel_folds_give_the_same_numbers():
+    models, folds = _tiny_setup()
+    args = _args("--finetune-epochs", "1")
+    settings = ["finetune_pretrained", "probe_random", "logmel_baseline"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = ssl_eval.evaluate_folds(models, folds, 3, args, settings, [1, 2])
+    finally:
+        torch.set_num_threads(threads)
+    two = ssl_eval.evaluate_folds_parallel(models, folds, 3, args, settings, [1, 2], workers=2)
+    for s in settings:
+        for k in (1, 2):
+            assert torch.equal(one["predictions"][s][k], two["predictions"][s][k]), (s, k)
+    assert one["reports"]["finetune_pretrained"][2]["history"] == two["reports"]["finetune_pretrained"][2]["history"]

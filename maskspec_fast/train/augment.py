@@ -80,6 +80,19 @@ def spec_augment_reference(spec: torch.Tensor, p: MaskParams, value: float = 0.0
     return out
 
 
+def draw_time_roll(gen: torch.Generator, n: int, frames: int) -> torch.Tensor:
+    """``(n,)`` int64 circular time shifts, uniform on ``{0, ..., frames - 1}``."""
+    return torch.randint(0, frames, (n,), generator=gen)
+
+
+def apply_time_roll(spec: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Circular shift of clip b of ``spec (B, F, T)`` by ``shifts[b]`` frames along time:
+    ``out[b, :, t] = spec[b, :, (t - shifts[b]) mod T]`` (``torch.roll`` per clip, one gather for the batch)."""
+    t = spec.shape[-1]
+    idx = (torch.arange(t, device=spec.device).unsqueeze(0) - shifts.to(spec.device).unsqueeze(1)) % t  # (B, T)
+    return torch.gather(spec, 2, idx.unsqueeze(1).expand(-1, spec.shape[1], -1))
+
+
 def draw_mixup_lambda(gen: torch.Generator, n: int, alpha: float) -> torch.Tensor:
     """``(n,)`` float32 ``lam = max(u, 1 - u)`` with ``u ~ Beta(alpha, alpha)`` per clip (PaSST's mixup: the
     clip's own content always dominates). Beta is sampled from the seeded generator through numpy."""
@@ -114,8 +127,10 @@ __all__ = [
     "MaskParams",
     "apply_mixup",
     "apply_spec_augment",
+    "apply_time_roll",
     "draw_mixup_lambda",
     "draw_spec_augment",
+    "draw_time_roll",
     "scaled_time_mask",
     "soft_targets",
     "spec_augment_reference",

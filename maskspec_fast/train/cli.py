@@ -14,6 +14,7 @@ from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
+from .recipe import FinetuneRecipe
 
 EXAMPLES = """examples:
   # pre-train MaskSpec-tiny on the built-in synthetic sounds (CPU-sized decoder), then fine-tune and evaluate
@@ -115,7 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a classifier", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    _optim(p, steps=200, blr=1e-3, warmup=20)
+    _optim(p, steps=None, blr=None, warmup=None)
+    # The defaults come from maskspec_fast.train.recipe (the recipe benchmarks/ssl_eval.py measures): length in
+    # epochs of the fit split, lr for the recipe's batch scaled linearly, a validation split of --data picking the
+    # best checkpoint with early stopping.
+    r = FinetuneRecipe()
+    p.set_defaults(min_lr=r.min_lr)
+    g = p.add_argument_group("recipe (maskspec_fast.train.recipe; --steps / --warmup-steps / --lr / --blr override)")
+    g.add_argument("--epochs", type=float, default=r.epochs, help="epochs of the fit split (used without --steps)")
+    g.add_argument("--warmup-epochs", type=float, default=r.warmup_epochs, help="used without --warmup-steps")
+    g.add_argument("--val-fraction", type=float, default=r.val_fraction,
+                   help="share of --data held out (stratified) to pick the best checkpoint and stop early; the "
+                        "final model is that checkpoint (0: no split, the last step's model; ignored when "
+                        "--eval-data with --eval-every asks to select on the evaluation data)")
+    g.add_argument("--patience", type=int, default=r.patience,
+                   help="validation evaluations without improvement before stopping (0: never stop early)")
+    g.add_argument("--eval-every-epochs", type=float, default=r.eval_every_epochs)
+    g.add_argument("--head-init", choices=["zero", "probe"], default=r.head_init,
+                   help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings (LP-FT)")
+    g.add_argument("--pool", choices=["mean", "freq"], default=r.pool,
+                   help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible), or the "
+                        "mean per frequency row, rows concatenated (patchout then drops whole time columns)")
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
@@ -123,18 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a ModelConfig field when building without --init (repeatable)")
     g.add_argument("--eval-data", default=None, help="evaluated at the end (and every --eval-every steps)")
     g.add_argument("--eval-every", type=int, default=0,
-                   help="evaluate on --eval-data every N steps and keep the best model (accuracy, or mAP for "
-                        "multi-label sets) in <out>/checkpoints/best with <out>/best.json (0: only at the end)")
-    g.add_argument("--layer-decay", type=float, default=0.75)
-    g.add_argument("--drop-path", type=float, default=0.1)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--patchout", type=int, default=0, help="patch tokens dropped per clip in training (paper: 200 of 496)")
+                   help="with --val-fraction 0: evaluate on --eval-data every N steps and keep the best model "
+                        "(accuracy, or mAP for multi-label sets) in <out>/checkpoints/best with <out>/best.json")
+    g.add_argument("--layer-decay", type=float, default=r.layer_decay)
+    g.add_argument("--drop-path", type=float, default=r.drop_path)
+    g.add_argument("--label-smoothing", type=float, default=r.label_smoothing)
+    g.add_argument("--patchout", type=int, default=None,
+                   help=f"patch tokens dropped per clip in training (default: {r.patchout_fraction:g} of them)")
     g = p.add_argument_group("augmentation and sampling")
-    g.add_argument("--freq-mask", type=int, default=0, help="SpecAugment: one frequency band of up to N mel bins "
-                   "masked per clip (paper: 48; 0: off)")
-    g.add_argument("--time-mask", type=int, default=0, help="SpecAugment: one time span of up to N frames per 10 s "
-                   "masked per clip, scaled to the clip length (paper: 192; 0: off)")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+    g.add_argument("--time-roll", action=argparse.BooleanOptionalAction, default=r.time_roll,
+                   help="random circular time shift per clip")
+    g.add_argument("--freq-mask", type=int, default=r.freq_mask, help="SpecAugment: one frequency band of up to N "
+                   "mel bins masked per clip (paper: 48; 0: off)")
+    g.add_argument("--time-mask", type=int, default=r.time_mask, help="SpecAugment: one time span of up to N frames "
+                   "per 10 s masked per clip, scaled to the clip length (paper: 192; 0: off)")
+    g.add_argument("--mixup", type=float, default=r.mixup, metavar="ALPHA",
                    help="mixup with lam = max(u, 1-u), u ~ Beta(ALPHA, ALPHA) per clip, soft targets (PaSST: 0.3; "
                         "0: off). Clips are paired within each process's micro-batch")
     g.add_argument("--balanced-sampling", action="store_true",
@@ -281,45 +305,98 @@ def _pretrain(args, device, con: Console) -> int:
 
 
 def _finetune(args, device, con: Console) -> int:
+    """Fine-tune with the small-set recipe (:mod:`maskspec_fast.train.recipe`) unless options override it."""
     from ..model import Classifier
+    from . import recipe as recipes
     from .evaluation import describe, evaluate, make_evaluator
     from .loop import train
     from .tasks import FinetuneTask
 
-    ds = _dataset(args.data, args, train=True)
+    full = _dataset(args.data, args, train=True)
+    rec = FinetuneRecipe().replace(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                                   val_fraction=args.val_fraction, patience=args.patience,
+                                   eval_every_epochs=args.eval_every_epochs)
+    if args.eval_every and not args.eval_data:
+        raise ValueError("--eval-every needs --eval-data")
+    if args.eval_data and args.eval_every:  # explicit: select on --eval-data every N steps (no split, no stop)
+        rec = rec.replace(val_fraction=0.0)
+        args.val_fraction = 0.0
+    ds, val_ds = recipes.train_val_split(full, rec, args.seed)
+    sched = recipes.resolve(rec, len(full), getattr(full, "num_classes", None))
+    if args.steps is None:
+        args.steps = sched.steps
+    if args.warmup_steps is None:
+        args.warmup_steps = min(sched.warmup_steps, max(0, args.steps - 1))
+    if args.lr is None and args.blr is None:  # the recipe's lr at its batch, scaled linearly to this batch
+        args.lr = rec.lr * args.batch_size / rec.batch_size
     frames = _frames_for(ds)
     if args.init:
         clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
-                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16)
+                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16, pool=args.pool)
         con.say(f"initialized the encoder from {args.init}")
     else:
         config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
-                                                          "drop_path_rate": args.drop_path})
+                                                          "drop_path_rate": args.drop_path, "pool": args.pool})
         clf = Classifier(config, ds.num_classes, fused=args.fused)
         con.say("encoder randomly initialized (no --init)")
+    if args.patchout is None:
+        args.patchout = recipes.patchout_tokens(rec, clf.config.num_patches)
     clf.patchout = args.patchout
     clf.to(device)
     args.out = args.out or "runs/finetune"
-    con.say(f"data: {args.data} ({len(ds)} clips, {ds.num_classes} classes, multilabel={ds.multilabel})")
-    if args.eval_every and not args.eval_data:
-        raise ValueError("--eval-every needs --eval-data")
+    con.say(f"data: {args.data} ({len(full)} clips, {ds.num_classes} classes, multilabel={ds.multilabel}); "
+            f"fit {len(ds)}, validation {len(val_ds) if val_ds is not None else 0} (val-fraction "
+            f"{args.val_fraction}); {args.steps} steps (warm-up {args.warmup_steps}), peak lr "
+            f"{args.lr if args.lr is not None else args.blr}, patchout {args.patchout}")
+    if args.head_init == "probe" and not ds.multilabel:
+        _probe_head(clf, ds, args, device, con)
     task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay, freq_mask=args.freq_mask,
-                        time_mask=args.time_mask, mixup_alpha=args.mixup)
-    eval_ds = _dataset(args.eval_data, args, train=False) if args.eval_data else None  # built once, reused
-    periodic = make_evaluator(eval_ds, device, **_predict_kw(args, con, quiet=True)) if args.eval_every else None
+                        time_mask=args.time_mask, mixup_alpha=args.mixup, time_roll=args.time_roll)
+    periodic = None
+    if val_ds is not None:  # checkpoint selection and early stopping on the validation split, never --eval-data
+        args.eval_every, args.eval_at_start = sched.eval_every, True
+        periodic = make_evaluator(val_ds, device, **_predict_kw(args, con, quiet=True))
+    elif args.eval_data and args.eval_every:  # select on --eval-data (built once, reused at every evaluation)
+        args.patience = 0
+        periodic = make_evaluator(_dataset(args.eval_data, args, train=False), device,
+                                  **_predict_kw(args, con, quiet=True))
     result = train(task, ds, TrainConfig.from_args(args), LogMel().to(device), device, log=con.say,
                    dist_info=con.info, evaluate=periodic)
     con.say(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
     if result.get("best"):
         b = result["best"]
-        con.say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} "
-                f"(saved in {Path(args.out) / 'checkpoints' / 'best'})")
+        best_dir = Path(args.out) / "checkpoints" / "best"
+        con.say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (saved in {best_dir})")
+        if val_ds is not None:  # the recipe's model is the selected checkpoint
+            from safetensors.torch import load_file
+
+            clf.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)), strict=True)
+            if con.info.is_main:
+                clf.save_pretrained(result["final"])
+            con.say(f"final model = the best validation checkpoint (step {b['step']}), saved {result['final']}")
     summary = {k: v for k, v in result.items() if k != "losses"}
-    if eval_ds is not None:
-        summary["eval"] = evaluate(clf, eval_ds, device, **_predict_kw(args, con))
+    if args.eval_data:
+        summary["eval"] = evaluate(clf, _dataset(args.eval_data, args, train=False), device, **_predict_kw(args, con))
         con.say(describe(summary["eval"], args.eval_data))
     con.write_json(Path(args.out) / "summary.json", summary)
     return 0
+
+
+@torch.no_grad()
+def _probe_head(clf, ds, args, device, con: Console) -> None:
+    """LP-FT: fit the recipe's logistic regression on frozen fit-split embeddings and start the head from it."""
+    from . import recipe as recipes
+    from .evaluation import predict
+
+    head = clf.head
+    clf.head = torch.nn.Identity()  # predict() then returns the clip embeddings
+    try:
+        emb, labels = predict(clf, ds, LogMel().to(device), device, **_predict_kw(args, con))
+    finally:
+        clf.head = head
+    w, b, mu, sd = recipes.fit_logistic_regression(emb.double().cpu(), labels.cpu(), clf.num_classes)
+    recipes.set_head_from_probe(clf.head, w.to(device), b.to(device), mu.to(device), sd.to(device))
+    con.say(f"head initialized from a linear probe on {len(ds)} fit clips (--head-init probe)")
 
 
 def _eval(args, device, con: Console) -> int:

@@ -17,8 +17,10 @@ from .augment import (
     MaskParams,
     apply_mixup,
     apply_spec_augment,
+    apply_time_roll,
     draw_mixup_lambda,
     draw_spec_augment,
+    draw_time_roll,
     scaled_time_mask,
     soft_targets,
 )
@@ -99,8 +101,9 @@ class PretrainTask:
 
 class FinetuneTask:
     """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing; optional
-    SpecAugment (one frequency band up to ``freq_mask`` bins and one time span up to ``time_mask`` frames per
-    10 s, scaled to the clip length) and mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
+    random circular time roll per clip (``time_roll``, applied first), SpecAugment (one frequency band up to
+    ``freq_mask`` bins and one time span up to ``time_mask`` frames per 10 s, scaled to the clip length) and
+    mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
 
     name = "finetune"
     pictures = False
@@ -114,13 +117,17 @@ class FinetuneTask:
         freq_mask: int = 0,
         time_mask: int = 0,
         mixup_alpha: float = 0.0,
+        time_roll: bool = False,
     ):
         self.model, self.multilabel = model, multilabel
         self.label_smoothing, self.layer_decay = label_smoothing, layer_decay
         self.freq_mask, self.time_mask, self.mixup_alpha = freq_mask, time_mask, mixup_alpha
+        self.time_roll = time_roll
 
     def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
         out: dict[str, torch.Tensor] = {}
+        if self.time_roll:
+            out["roll"] = draw_time_roll(gen, global_batch, spec.shape[-1])[rows]
         if self.freq_mask > 0 or self.time_mask > 0:
             f, t = spec.shape[-2], spec.shape[-1]
             p = draw_spec_augment(gen, global_batch, f, t, self.freq_mask, scaled_time_mask(self.time_mask, t))
@@ -131,7 +138,9 @@ class FinetuneTask:
         return out
 
     def augment(self, spec: torch.Tensor, labels: torch.Tensor, **extras) -> tuple[torch.Tensor, torch.Tensor]:
-        """SpecAugment, then mixup (the order of PaSST's recipe: masks per clip, then clips are mixed)."""
+        """Time roll, SpecAugment, then mixup (PaSST's order: per-clip changes, then clips are mixed)."""
+        if "roll" in extras:
+            spec = apply_time_roll(spec, extras["roll"])
         if "f_start" in extras:
             p = MaskParams(extras["f_start"], extras["f_width"], extras["t_start"], extras["t_width"])
             spec = apply_spec_augment(spec, p)
