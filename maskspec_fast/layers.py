@@ -21,10 +21,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(img[..., :f, :t])  # (B, D, gf, gt)
         return x.flatten(2).transpose(1, 2)  # (B, L, D)
 
-    def linear_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conv as a Linear on patchified input: weight ``(D, p*p)``, bias ``(D,)``."""
-        return self.proj.weight.flatten(1), self.proj.bias
-
 
 class DropPath(nn.Module):
     """Stochastic depth per sample (identity at eval or rate 0)."""
