@@ -360,4 +360,28 @@ def test_early_stopping_and_evaluating_the_starting_point(tmp_path):
     result = train(FinetuneTask(Classifier(cfg, ds.num_classes), False), ds, config, LogMel(), torch.device("cpu"),
                    log=lambda *a: None, evaluate=evaluate)
     assert len(seen) == 5 and result["steps"] == 4  # start + 4 steps, stopped 3 evaluations after the best
-    assert result["best"] == {"metric": "accuracy", "value": 0.9, "step": 1}
+    assert result["best"] == {"metric": "accuracy", "value": 0.9, "step": 1, "loss": 0.0}
+
+
+def test_checkpoint_selection_breaks_ties_by_the_evaluation_loss(tmp_path):
+    """The trainer selects as the recipe (and ssl_eval.py) does: a later evaluation with the same accuracy but a
+    lower loss is the better checkpoint; a higher loss is not."""
+    from maskspec_fast import Classifier, ModelConfig
+    from maskspec_fast.data import SyntheticSounds
+    from maskspec_fast.frontend.logmel import LogMel
+    from maskspec_fast.train import TrainConfig, train
+    from maskspec_fast.train.tasks import FinetuneTask
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, frames=64)
+    ds = SyntheticSounds(24, clip_seconds=0.64, train=True)
+    results = iter([(0.5, 2.0), (0.5, 1.0), (0.5, 1.5), (0.4, 0.1)])  # (accuracy, loss) at the start, steps 1-3
+
+    def evaluate(model):
+        acc, loss = next(results)
+        return "accuracy", acc, {"accuracy": acc, "loss": loss}
+
+    config = TrainConfig(out=str(tmp_path), batch_size=4, lr=1e-3, steps=3, warmup_steps=1, save_every=0,
+                         log_every=1, quiet=True, workers=0, eval_every=1, eval_at_start=True)
+    result = train(FinetuneTask(Classifier(cfg, ds.num_classes), False), ds, config, LogMel(), torch.device("cpu"),
+                   log=lambda *a: None, evaluate=evaluate)
+    assert result["best"] == {"metric": "accuracy", "value": 0.5, "step": 1, "loss": 1.0}

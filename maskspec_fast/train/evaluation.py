@@ -6,6 +6,7 @@ import contextlib
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -72,13 +73,17 @@ def predict(
 
 
 def evaluate(clf: torch.nn.Module, dataset, device: torch.device, **predict_kw) -> dict:
-    """``{"accuracy", "clips", "chance"}`` (single-label) or ``{"mAP", "clips"}`` (multi-label) of ``clf``."""
+    """``{"accuracy", "loss", "clips", "chance"}`` (single-label) or ``{"mAP", "loss", "clips"}`` (multi-label) of
+    ``clf``; ``loss`` is the plain cross-entropy (BCE) of the logits, the tie-breaker of checkpoint selection."""
     if dataset.num_classes != clf.num_classes:
         raise ValueError(f"{dataset!r}: {dataset.num_classes} classes, the classifier has {clf.num_classes}")
     logits, labels = predict(clf, dataset, LogMel().to(device), device, **predict_kw)
     if dataset.multilabel:
-        return {"mAP": mean_average_precision(torch.sigmoid(logits), labels), "clips": len(dataset)}
-    return {"accuracy": accuracy(logits, labels), "clips": len(dataset), "chance": 1.0 / dataset.num_classes}
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float()).item()
+        return {"mAP": mean_average_precision(torch.sigmoid(logits), labels), "loss": loss, "clips": len(dataset)}
+    loss = F.cross_entropy(logits, labels).item()
+    return {"accuracy": accuracy(logits, labels), "loss": loss, "clips": len(dataset),
+            "chance": 1.0 / dataset.num_classes}
 
 
 def describe(metrics: dict, name: str) -> str:

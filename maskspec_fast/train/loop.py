@@ -30,6 +30,7 @@ from .distributed import DistInfo, active, barrier, broadcast_object, local_rows
 from .evaluation import Evaluator, autocast
 from .inputs import make_input
 from .logs import EVAL_FIELDS, LOG_FIELDS, CsvLog, TensorBoard, append_bad_files
+from .recipe import BestTracker
 from .schedule import make_adamw, set_lr, warmup_cosine
 from .state import TrainerState, restore_training, save_training
 from .tasks import Task
@@ -55,8 +56,8 @@ class Trainer:
     ``config.batch_size`` is the GLOBAL batch (all ranks, all accumulation micro-batches of one optimizer step);
     each rank loads ``batch_size / world_size`` clips and runs them as ``accum_steps`` micro-batches.
     ``evaluate(model) -> (metric name, value (higher is better), details)`` runs every ``config.eval_every``
-    steps and at the end when given; the best value's model is kept in ``checkpoints/best`` and described in
-    ``best.json``. Only rank 0 writes files and logs.
+    steps and at the end when given; the best model (:class:`~maskspec_fast.train.recipe.BestTracker`: higher value,
+    on a tie lower ``details["loss"]``) is kept in ``checkpoints/best`` and described in ``best.json``. Only rank 0 writes files and logs.
     """
 
     def __init__(
@@ -207,11 +208,14 @@ class Trainer:
 
     def _run_eval(self) -> None:
         st = self.state
-        name, value, _ = self.evaluate(self.model)
-        improved = value == value and (st.best is None or value > st.best["value"])
-        self._stale = 0 if improved else self._stale + 1
+        name, value, details = self.evaluate(self.model)
+        loss = float(details.get("loss", 0.0))
+        if value == value:  # the recipe's rule: higher metric, on a tie lower evaluation loss
+            improved = self._tracker.update(st.step, value, loss)
+        else:  # a NaN metric never improves
+            improved, self._tracker.bad = False, self._tracker.bad + 1
         if improved:
-            st.best = {"metric": name, "value": value, "step": st.step}
+            st.best = {"metric": name, "value": value, "step": st.step, "loss": loss}
         if self.info.is_main:
             self.eval_log.write({"step": st.step, "metric": name, "value": f"{value:.6f}", "best": int(improved)})
             self.tb.scalars(st.step, {f"eval/{name}": value})
@@ -223,12 +227,11 @@ class Trainer:
 
     def _stop_early(self) -> bool:
         """After ``config.patience`` evaluations in a row without improvement (logged once)."""
-        patience = self.config.patience
-        if not patience or self._stale < patience:
+        if not self._tracker.should_stop:
             return False
         best = self.state.best
         self.log(f"early stop at step {self.state.step}: no better {best['metric'] if best else 'metric'} in "
-                 f"{self._stale} evaluations (best at step {best['step'] if best else '-'})")
+                 f"{self._tracker.bad} evaluations (best at step {best['step'] if best else '-'})")
         return True
 
     def _after_step(self, result: tuple[float, float, float]) -> bool:
@@ -267,7 +270,11 @@ class Trainer:
                         dynamic_ncols=True, disable=cfg.quiet or not main)
         self._t0 = self._last_t = time.time()
         self._last_step = self.state.step
-        self._stale = 0  # evaluations since the last improvement
+        self._tracker = BestTracker(cfg.patience)  # checkpoint selection and early stopping, as the recipe's
+        best = self.state.best
+        if best:  # resumed: the best so far still has to be beaten (its stale count is not checkpointed)
+            self._tracker.best = (best["value"], -float(best.get("loss", 0.0)))
+            self._tracker.best_step = best["step"]
 
     def _close_outputs(self) -> None:
         self.bar.close()
