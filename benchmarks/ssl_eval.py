@@ -50,12 +50,15 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # run from a cl
 from _common import environment, write_json  # noqa: E402
 
 from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
+from maskspec_fast.config import POOLS  # noqa: E402
 from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, num_frames  # noqa: E402
 from maskspec_fast.train import recipe as recipes  # noqa: E402
 from maskspec_fast.train.augment import (  # noqa: E402
+    apply_gain,
     apply_mixup,
     apply_spec_augment,
     apply_time_roll,
+    draw_gain,
     draw_mixup_lambda,
     draw_spec_augment,
     draw_time_roll,
@@ -72,7 +75,8 @@ _RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None mean
     "finetune_lr": "lr", "layer_decay": "layer_decay", "drop_path": "drop_path",
     "label_smoothing": "label_smoothing", "patchout_fraction": "patchout_fraction", "freq_mask": "freq_mask",
     "time_mask": "time_mask", "mixup": "mixup", "val_fraction": "val_fraction", "patience": "patience",
-    "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init",
+    "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init", "refit_head": "refit_head",
+    "wise_alpha": "wise_alpha", "gain_db": "gain_db", "tilt_db": "tilt_db",
 }
 
 
@@ -98,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-seconds", type=float, default=None,
                    help="clip length (default: 2.56 for the built-in data, 5 for --esc50)")
     g.add_argument("--unlabeled-seconds", type=float, default=None,
-                   help="length read from each unlabeled file (default: --clip-seconds); longer reads are cut into "
-                        "non-overlapping clip-length windows (e.g. 10 -> two 5-s clips per file)")
+                   help="length read from each unlabeled file (default: 10 for --unlabeled, AudioSet's clip length; "
+                        "--clip-seconds for the built-in pool); the reads are cut into non-overlapping "
+                        "--pretrain-frames windows; silent windows (digital silence, or the padding of shorter files) "
+                        "are dropped and counted")
     g.add_argument("--norm-stats", choices=["none", "unlabeled"], default="none",
                    help="standardize each mel bin with mean/std measured on the unlabeled set (the paper's code)")
     g = p.add_argument_group("model (a CPU-sized MaskSpec; tiny preset is 192/12/3 with a 512/8/16 decoder)")
@@ -114,10 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrain-batch", type=int, default=32)
     g.add_argument("--pretrain-lr", type=float, default=1e-3, help="peak AdamW lr (warm-up, then cosine)")
     g.add_argument("--mask-ratio", type=float, default=0.75)
-    g.add_argument("--no-norm-pix", action="store_true", help="plain (not per-patch normalized) targets")
-    g.add_argument("--pretrain-frames", type=int, default=None,
+    g.add_argument("--norm-pix", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-patch normalized reconstruction targets (MAE's norm_pix_loss). Default: plain targets "
+                        "with --unlabeled recordings, normalized ones for the built-in procedural pool (each was "
+                        "measured the better one on its data, SSL_EVAL.md)")
+    g.add_argument("--pretrain-frames", type=int, default=256,
                    help="pre-train on windows of this many frames cut from the unlabeled clips (a multiple of 16; "
-                        "default: the labeled clip length). Shorter windows are cheaper; the fixed sin-cos "
+                        "0: the labeled clip length). Shorter windows are cheaper; the fixed sin-cos "
                         "positions let the encoder fine-tune on the full length")
     g.add_argument("--pretrained-cache", default=None,
                    help="a save_pretrained folder: loaded instead of pre-training when it exists (same settings!), "
@@ -134,13 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
     g.add_argument("--freq-mask", type=int, default=None, help="SpecAugment frequency band limit (mel bins)")
     g.add_argument("--time-mask", type=int, default=None, help="SpecAugment time span limit (frames per 10 s)")
+    g.add_argument("--gain-db", type=float, default=None, help="random level change per clip, +- dB")
+    g.add_argument("--tilt-db", type=float, default=None,
+                   help="random spectral tilt per clip: +- dB between the lowest and the highest mel bin")
     g.add_argument("--mixup", type=float, default=None, help="mixup Beta(alpha, alpha); 0: off")
     g.add_argument("--val-fraction", type=float, default=None, help="validation share of the training folds")
     g.add_argument("--patience", type=int, default=None, help="evaluations without improvement before stopping")
     g.add_argument("--eval-every-epochs", type=float, default=None)
-    g.add_argument("--pool", choices=["mean", "freq"], default=None,
+    g.add_argument("--pool", choices=list(POOLS), default=None,
                    help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
                         "row concatenated (with time-column patchout)")
+    g.add_argument("--wise-alpha", type=float, default=None,
+                   help="WiSE-FT: final weights (1 - a) * start + a * selected (1: the selected model)")
+    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="after checkpoint selection, refit the head as a logistic regression on the selected "
+                        "encoder's embeddings of ALL training clips (fit + validation)")
     g.add_argument("--head-init", choices=["zero", "probe"], default=None,
                    help="fine-tuning head: MAE's near-zero init, or the linear probe fitted on the fit split (LP-FT)")
     g = p.add_argument_group("linear probe and baseline")
@@ -148,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-iters", type=int, default=200, help="L-BFGS iterations")
     g.add_argument("--probe-layer", type=int, default=-1,
                    help="encoder block whose patch tokens are mean-pooled for the probe (-1: the last)")
-    g.add_argument("--probe-pool", choices=["mean", "freq"], default=None,
+    g.add_argument("--probe-pool", choices=list(POOLS), default=None,
                    help="probe features: mean over all patch tokens, or per frequency row (see embed()); default: "
                         "the recipe's pool, so the probe and fine-tuning read the encoder the same way")
     g.add_argument("--probe-sweep", action="store_true",
@@ -157,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--fold-workers", type=int, default=1,
-                   help="evaluate the held-out folds in this many forked processes of one thread each (same numbers)")
+    g.add_argument("--fold-workers", type=int, default=0,
+                   help="evaluate the held-out folds in this many forked processes of one thread each (same numbers; "
+                        "0: one per CPU core, at most one per fold)")
     g.add_argument("--out", default=str(RESULTS), help="output folder (ssl_eval.json, ssl_eval.png, ...)")
     g.add_argument("--tag", default="ssl_eval", help="output file stem (TAG.json, TAG.png, TAG_confusion.png)")
     g.add_argument("--quick", action="store_true",
@@ -212,10 +230,10 @@ def unlabeled_specs(args) -> tuple[torch.Tensor, str]:
     from maskspec_fast.data import AudioFolder, SyntheticSounds
 
     if args.unlabeled:
-        ds = AudioFolder(args.unlabeled, clip_seconds=args.unlabeled_seconds or args.clip_seconds)
+        ds = AudioFolder(args.unlabeled, clip_seconds=args.unlabeled_seconds)
         desc = f"folder {args.unlabeled} ({len(ds)} clips)"
     else:
-        ds = SyntheticSounds(args.unlabeled_clips, seed=args.unlabeled_seed, clip_seconds=args.clip_seconds,
+        ds = SyntheticSounds(args.unlabeled_clips, seed=args.unlabeled_seed, clip_seconds=args.unlabeled_seconds,
                              labeled=False)
         desc = f"built-in SyntheticSounds({args.unlabeled_clips}, seed={args.unlabeled_seed}, labeled=False)"
     return to_logmel(ds)[0], desc
@@ -242,6 +260,19 @@ def labeled_folds(args) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], l
         folds[k] = to_logmel(ds)
         names = ds.class_names
     return folds, names, desc
+
+
+def pretraining_windows(specs: torch.Tensor, frames: int) -> tuple[torch.Tensor, int]:
+    """Cut log-mels ``(N, F, T)`` into non-overlapping windows ``(N * W, F, frames)``, ``W = T // frames`` (the
+    rest of each clip is dropped), leaving out silent windows (every bin at the log floor: digital silence, or the
+    zero padding of a file shorter than the read length), which carry nothing to reconstruct. Returns the windows
+    and how many were left out."""
+    n, f, t = specs.shape
+    w = max(1, t // frames)
+    win = specs[..., : w * frames].reshape(n, f, w, frames).permute(0, 2, 1, 3).reshape(-1, f, frames)
+    floor = float(LogMel()(torch.zeros(1, 4000)).max())  # the log-mel of silence
+    silent = win.amax(dim=(1, 2)) <= floor + 1e-6
+    return win[~silent], int(silent.sum())
 
 
 def bin_stats(specs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,6 +358,7 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
                      betas=(0.9, 0.999))
     clf.patchout = recipes.patchout_tokens(recipe, (x.shape[1] // clf.config.patch_size) *
                                            (x.shape[2] // clf.config.patch_size))
+    start_state = copy.deepcopy(clf.state_dict()) if recipe.wise_alpha < 1.0 else None
     tracker = recipes.BestTracker(sched.patience)
     best_state, history, step, stop = None, [], 0, False
     t_frames = x.shape[-1]
@@ -342,6 +374,8 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
             xb, yb = xf[idx], yf[idx]
             if recipe.time_roll:
                 xb = roll_time(xb, gen)
+            if recipe.gain_db > 0 or recipe.tilt_db > 0:
+                xb = apply_gain(xb, draw_gain(gen, xb.shape[0], recipe.gain_db, recipe.tilt_db))
             if recipe.freq_mask > 0 or recipe.time_mask > 0:
                 p = draw_spec_augment(gen, xb.shape[0], xb.shape[1], t_frames, recipe.freq_mask,
                                       scaled_time_mask(recipe.time_mask, t_frames))
@@ -370,7 +404,12 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
                 break
     if best_state is not None:
         clf.load_state_dict(best_state)
+    if recipe.wise_alpha < 1.0:  # WiSE-FT: interpolate the weights between the start and the selected model
+        clf.load_state_dict(recipes.interpolate_states(start_state, clf.state_dict(), recipe.wise_alpha))
     clf.eval()
+    if recipe.refit_head:  # the selected encoder, its head refitted on ALL training clips (fit + validation)
+        w, b, mu, sd = fit_probe(embed(clf, x), y, c, probe_l2, probe_iters)
+        recipes.set_head_from_probe(clf.head, w, b, mu, sd)
     return {"steps_planned": sched.steps, "steps_run": step, "best_step": tracker.best_step if sched.eval_every else step,
             "fit_clips": sched.fit_clips, "val_clips": sched.val_clips, "history": history}
 
@@ -381,19 +420,32 @@ def logits_of(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor
     return torch.cat([clf(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
-@torch.no_grad()
-def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, pool: str = "mean") -> torch.Tensor:
-    """Frozen clip embeddings from the patch tokens after encoder block ``layer`` (-1: the last).
+def pool_tokens(tokens: torch.Tensor, grid_f: int, pool: str) -> torch.Tensor:
+    """Parameter-free version of ``Classifier.embed``'s pooling of patch tokens ``(B, L, D)`` (row-major over
+    ``(G_f, G_t)``): ``"mean"`` -> ``LN(mean_l x_l)`` ``(B, D)``; ``"freq"`` -> ``LN(mean_t x_{r,t})`` per row,
+    concatenated ``(B, G_f * D)``; ``"freq_stats"`` -> ``"freq"`` then ``LN(std_t x_{r,t})`` per row
+    ``(B, 2 * G_f * D)``. LN is a LayerNorm without affine parameters (what a fresh ``fc_norm`` computes)."""
+    b, n, d = tokens.shape
+    if pool == "mean":
+        return F.layer_norm(tokens.mean(1), (d,))
+    grid = tokens.reshape(b, grid_f, n // grid_f, d)
+    out = F.layer_norm(grid.mean(2), (d,)).flatten(1)
+    if pool == "freq_stats":
+        std = (grid.var(2) + 1e-6).sqrt()
+        out = torch.cat([out, F.layer_norm(std, (d,)).flatten(1)], dim=1)
+    return out
 
-    ``pool="mean"``: ``(N, D)``, the mean over all patch tokens (for the last block ``fc_norm`` of it, exactly
-    ``Classifier.embed``; for an earlier block a parameter-free LayerNorm of it). ``pool="freq"``: ``(N, G_f * D)``,
-    the mean over time within each frequency row of the patch grid, each row layer-normed, rows concatenated
-    (keeps WHERE in frequency the content is, which a mean over the whole grid averages away).
-    """
+
+@torch.no_grad()
+def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, pool: str | None = None) -> torch.Tensor:
+    """Frozen clip embeddings from the patch tokens after encoder block ``layer`` (-1: the last), pooled by
+    ``pool`` (default: the classifier's own, ``clf.config.pool``; see :func:`pool_tokens`). For the last block with
+    the classifier's own pooling this is exactly ``clf.embed`` (its ``fc_norm``/``std_norm``)."""
     clf.eval()
     depth = len(clf.blocks)
     layer = depth - 1 if layer == -1 else layer
-    if pool == "mean" and layer == depth - 1:
+    pool = pool or clf.config.pool
+    if pool == clf.config.pool and layer == depth - 1:
         return torch.cat([clf.embed(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
     gf = x.shape[1] // clf.config.patch_size
     outs = []
@@ -401,13 +453,7 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, po
     try:
         clf.blocks = full[: layer + 1]  # the same forward, stopped after block `layer`
         for i in range(0, x.shape[0], batch):
-            tokens = clf.forward_features(x[i : i + batch])[:, 1:]  # (B, L, D), L = G_f * G_t row-major
-            d = tokens.shape[-1]
-            if pool == "freq":
-                rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
-                outs.append(F.layer_norm(rows, (d,)).flatten(1))  # (B, G_f * D)
-            else:
-                outs.append(F.layer_norm(tokens.mean(1), (d,)))
+            outs.append(pool_tokens(clf.forward_features(x[i : i + batch])[:, 1:], gf, pool))
     finally:
         clf.blocks = full
     return torch.cat(outs)
@@ -415,20 +461,16 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, po
 
 @torch.no_grad()
 def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[tuple[int, str], torch.Tensor]:
-    """Every block's pooled tokens in one forward pass (forward hooks on the blocks):
-    ``{(layer, "mean"): (N, D), (layer, "freq"): (N, G_f * D)}``, pooled as :func:`embed` does (parameter-free
-    LayerNorm, also for the last block)."""
+    """Every block's pooled tokens in one forward pass (forward hooks on the blocks): ``{(layer, pool): (N, ...)}``
+    for every pool of ``POOLS``, pooled by :func:`pool_tokens` (parameter-free LayerNorm, also for the last block)."""
     clf.eval()
     gf = x.shape[1] // clf.config.patch_size
     outs: dict[tuple[int, str], list[torch.Tensor]] = {}
 
     def hook(i):
         def fn(_module, _inp, out):
-            tokens = out[:, 1:]  # (B, L, D)
-            d = tokens.shape[-1]
-            outs.setdefault((i, "mean"), []).append(F.layer_norm(tokens.mean(1), (d,)))
-            rows = tokens.reshape(tokens.shape[0], gf, -1, d).mean(2)  # (B, G_f, D)
-            outs.setdefault((i, "freq"), []).append(F.layer_norm(rows, (d,)).flatten(1))
+            for pool in POOLS:
+                outs.setdefault((i, pool), []).append(pool_tokens(out[:, 1:], gf, pool))
         return fn
 
     handles = [blk.register_forward_hook(hook(i)) for i, blk in enumerate(clf.blocks)]
@@ -573,6 +615,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.clip_seconds = 5.0 if args.esc50 else 2.56
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.norm_pix is None:
+        args.norm_pix = not args.unlabeled
+    if args.unlabeled_seconds is None:
+        args.unlabeled_seconds = 10.0 if args.unlabeled else args.clip_seconds
+    if args.fold_workers <= 0:
+        import os
+
+        args.fold_workers = max(1, min(len(args.test_folds or args.folds), len(os.sched_getaffinity(0))))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -584,22 +634,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["data_s"] = time.perf_counter() - t
     frames = num_frames(int(round(args.clip_seconds * SAMPLE_RATE))) // 16 * 16
     pt_frames = min(args.pretrain_frames or frames, unl.shape[-1] // 16 * 16)
-    windows = max(1, unl.shape[-1] // pt_frames)
-    unl = unl[..., : windows * pt_frames].reshape(unl.shape[0], unl.shape[1], windows, pt_frames)  # (N, F, W, T)
-    unl = unl.permute(0, 2, 1, 3).reshape(-1, unl.shape[1], pt_frames)  # (N * W, F, T): every window a clip
+    unl, n_silent = pretraining_windows(unl, pt_frames)
     folds = {k: (s[..., :frames], y) for k, (s, y) in folds.items()}
     if args.norm_stats == "unlabeled":
         mean, std = bin_stats(unl)
         unl = (unl - mean[:, None]) / std[:, None]
         folds = {k: ((s - mean[:, None]) / std[:, None], y) for k, (s, y) in folds.items()}
     n_labeled = sum(int(y.numel()) for _, y in folds.values())
-    print(f"unlabeled: {unlabeled_desc} -> {tuple(unl.shape)}")
+    print(f"unlabeled: {unlabeled_desc} -> {tuple(unl.shape)} windows"
+          + (f" ({n_silent} silent windows dropped: digital silence or padding)" if n_silent else ""))
     print(f"labeled:   {labeled_desc} -> {n_labeled} clips, {len(class_names)} classes, folds {args.folds}")
 
     config = ModelConfig(
         frames=frames, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
         decoder_embed_dim=args.decoder_dim, decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads,
-        mask_ratio=args.mask_ratio, norm_pix_loss=not args.no_norm_pix, preset="custom",
+        mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix, preset="custom",
     )
     torch.manual_seed(args.seed)
     model = Model(config)
@@ -676,6 +725,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretraining": {"curve": pt["curve"], "heldout_loss_random_init": loss_before,
                         "heldout_loss_pretrained": loss_after},
         "accuracy": summary,
+        "paired_vs_finetune_pretrained": paired_differences(summary, "finetune_pretrained", settings),
         "probe_sweep": sweep,
         "timings_s": timings,
         "files": {"reconstructions": str(recon)},
@@ -685,6 +735,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = out / f"{args.tag}.json"
     write_json(str(path), result)
     _print_table(summary, timings, 1.0 / num_classes, settings, class_names)
+    _print_paired(result["paired_vs_finetune_pretrained"], "finetune_pretrained")
     print(f"wrote {path}, {result['files']['plot']}, {result['files']['confusion']}, {recon}")
     return result
 
@@ -756,6 +807,32 @@ def _plot_confusion(confusions: dict[str, torch.Tensor], names: list[str], out: 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def paired_differences(summary: dict, of: str, settings: list[str]) -> dict[str, dict[str, Any]]:
+    """Fold-paired comparison of setting ``of`` with every other setting: per-fold accuracy differences
+    ``d_k = acc_of(k) - acc_other(k)``, their mean and std over folds, and the folds won / tied / lost. The folds
+    differ far more in difficulty than the settings do, so the paired spread is the one to compare against."""
+    out: dict[str, dict[str, Any]] = {}
+    if of not in summary:
+        return out
+    for other in settings:
+        if other == of or other not in summary:
+            continue
+        d = [summary[of]["per_fold"][k] - summary[other]["per_fold"][k] for k in summary[of]["per_fold"]]
+        out[other] = {"mean": statistics.fmean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0,
+                      "per_fold": d, "won": sum(x > 1e-9 for x in d), "tied": sum(abs(x) <= 1e-9 for x in d),
+                      "lost": sum(x < -1e-9 for x in d)}
+    return out
+
+
+def _print_paired(paired: dict, of: str) -> None:
+    if not paired:
+        return
+    print(f"\n{of} minus each other setting, paired by fold (mean +- std of the differences; folds won/tied/lost):")
+    for other, p in paired.items():
+        print(f"  - {other:<20} {p['mean']:+.3f} +- {p['std']:.3f}   {p['won']}/{p['tied']}/{p['lost']}   "
+              + " ".join(f"{x:+.2f}" for x in p["per_fold"]))
 
 
 def _print_table(summary: dict, timings: dict, chance: float, settings: list[str], names: list[str]) -> None:

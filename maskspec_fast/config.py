@@ -15,6 +15,9 @@ _PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+POOLS = ("mean", "freq", "freq_stats")  # Classifier poolings (ModelConfig.pool)
+
+
 @dataclass
 class ModelConfig:
     """Sizes of a MaskSpec model.
@@ -42,7 +45,9 @@ class ModelConfig:
     # Classifier pooling: "mean" over all patch tokens (timm's global_pool="avg", the paper's), or "freq": the
     # mean over time within each frequency row, fc_norm per row, rows concatenated (head input grid_f * D). A
     # mean over the whole grid averages away WHERE in frequency a sound is; "freq" keeps it (optional, measured in
-    # benchmarks/SSL_EVAL.md; not loadable into timm's VisionTransformer).
+    # benchmarks/SSL_EVAL.md; not loadable into timm's VisionTransformer). "freq_stats": "freq" plus each row's
+    # standard deviation over time (its own LayerNorm ``std_norm``; head input 2 * grid_f * D): statistics pooling,
+    # which keeps how a row's content changes over the clip (onsets, decays), not only its average.
     pool: str = "mean"
 
     def __post_init__(self) -> None:
@@ -64,10 +69,21 @@ class ModelConfig:
             )
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.pool not in ("mean", "freq"):
-            raise ValueError(f"pool must be 'mean' or 'freq', got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
 
     # derived sizes -----------------------------------------------------------------------------------------------
+    @property
+    def pool_rows(self) -> bool:
+        """True for the per-frequency-row poolings (structured time-column patchout)."""
+        return self.pool in ("freq", "freq_stats")
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the Classifier's clip embedding (the head's input)."""
+        rows = self.grid_f if self.pool_rows else 1
+        return self.embed_dim * rows * (2 if self.pool == "freq_stats" else 1)
+
     @property
     def grid_f(self) -> int:
         return self.n_mels // self.patch_size

@@ -272,6 +272,9 @@ def _fit_pos_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     return out
 
 
+_POOLING_PREFIXES = ("head.", "fc_norm.", "std_norm.")  # the Classifier's own layers: never from pre-training
+
+
 class Classifier(_Encoder):
     """Fine-tuning model: encoder + mean pooling over patch tokens + ``fc_norm`` + ``head`` (timm names).
 
@@ -290,7 +293,9 @@ class Classifier(_Encoder):
         self.ops = fused_ops.resolve(self.fused, fused_ops.CLASSIFIER_OPS)
         self._build_encoder(c, self.ops.attention_backend, learn_pos=True)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.embed_dim * (c.grid_f if c.pool == "freq" else 1), num_classes)
+        if c.pool == "freq_stats":
+            self.std_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.pooled_dim, num_classes)
         self.apply(init_weights)
         self._init_common()
         nn.init.normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
@@ -317,7 +322,7 @@ class Classifier(_Encoder):
         if self.training and self.patchout > 0 and n - self.patchout >= 1:
             if pad is not None:
                 raise ValueError("patchout with a lengths tensor is not supported; pad clips or drop patchout")
-            if self.config.pool == "freq":  # structured (PaSST's time patchout): drop whole time columns
+            if self.config.pool_rows:  # structured (PaSST's time patchout): drop whole time columns
                 gf, gt = grid
                 k = min(gt - 1, self.patchout // gf)
                 _, _, cols, _ = self.ops.masking(torch.rand(b, gt, device=x.device), gt - k)  # (B, gt - k) kept
@@ -341,22 +346,32 @@ class Classifier(_Encoder):
         return torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
 
     def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Clip embedding: fc_norm(mean of the (valid) patch tokens) ``(B, D)``; with ``config.pool == "freq"``
-        the mean over time per frequency row, fc_norm per row, rows concatenated ``(B, grid_f * D)``."""
+        """Clip embedding ``(B, config.pooled_dim)`` from the (valid) patch tokens, by ``config.pool``:
+
+        * ``"mean"``: ``fc_norm(mean_l x_l)`` ``(B, D)``;
+        * ``"freq"``: per frequency row ``r``, ``fc_norm(mean_t x_{r,t})``, rows concatenated ``(B, G_f * D)``;
+        * ``"freq_stats"``: ``"freq"`` followed by ``std_norm(std_t x_{r,t})`` per row ``(B, 2 * G_f * D)``
+          (``sqrt(var + 1e-6)``, the unbiased variance over the row's valid time columns; 0 where a row has one).
+        """
         x, pad = self._features(spec, lengths)
         tokens = x[:, 1:]  # (B, L, D)
-        if self.config.pool == "freq":
-            b, n, d = tokens.shape
-            gf = self.config.n_mels // self.config.patch_size
-            keep = torch.ones(b, n, 1, dtype=tokens.dtype, device=tokens.device) if pad is None else \
-                (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
-            # tokens are row-major over (G_f, G_t'): structured patchout keeps whole columns, so rows stay rows
-            rows = (tokens * keep).reshape(b, gf, -1, d).sum(2) / keep.reshape(b, gf, -1, 1).sum(2)  # (B, G_f, D)
-            return self.fc_norm(rows).flatten(1)  # (B, G_f * D)
-        if pad is None:
-            return self.fc_norm(tokens.mean(dim=1))
-        keep = (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
-        return self.fc_norm((tokens * keep).sum(1) / keep.sum(1))
+        b, n, d = tokens.shape
+        keep = None if pad is None else (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+        if not self.config.pool_rows:
+            return self.fc_norm(tokens.mean(dim=1) if keep is None else (tokens * keep).sum(1) / keep.sum(1))
+        gf = self.config.grid_f
+        if keep is None:
+            keep = torch.ones(b, n, 1, dtype=tokens.dtype, device=tokens.device)
+        # tokens are row-major over (G_f, G_t'): structured patchout keeps whole columns, so rows stay rows
+        grid, w = tokens.reshape(b, gf, -1, d), keep.reshape(b, gf, -1, 1)  # (B, G_f, G_t', D), (B, G_f, G_t', 1)
+        count = w.sum(2)  # (B, G_f, 1)
+        rows = (grid * w).sum(2) / count  # (B, G_f, D)
+        out = self.fc_norm(rows).flatten(1)  # (B, G_f * D)
+        if self.config.pool == "freq_stats":
+            var = (w * (grid - rows.unsqueeze(2)).square()).sum(2) / (count - 1).clamp_min(1)
+            std = (var + 1e-6).sqrt()  # eps: a finite gradient where a row is constant
+            out = torch.cat([out, self.std_norm(std).flatten(1)], dim=1)  # (B, 2 * G_f * D)
+        return out
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(spec, lengths))  # (B, num_classes)
@@ -383,12 +398,12 @@ class Classifier(_Encoder):
     def load_encoder(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Copy encoder weights (patch_embed, cls_token, pos_embed, blocks) from a Model state dict.
 
-        Returns the names that were copied; decoder, ``norm`` and head are not (head starts fresh).
+        Returns the names that were copied; decoder, ``norm``, the pooling norms and head are not (they start fresh).
         """
         own = self.state_dict()
-        enc = {k: v for k, v in state.items() if k in own and not k.startswith(("head.", "fc_norm."))}
+        enc = {k: v for k, v in state.items() if k in own and not k.startswith(_POOLING_PREFIXES)}
         enc = _fit_pos_tables(enc, self)
-        missing = [k for k in own if not k.startswith(("head.", "fc_norm.")) and k not in enc]
+        missing = [k for k in own if not k.startswith(_POOLING_PREFIXES) and k not in enc]
         if missing:
             raise ValueError(f"pre-trained state lacks encoder weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
         for k, v in enc.items():

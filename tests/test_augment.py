@@ -1,12 +1,15 @@
-"""SpecAugment and mixup of the fine-tuning recipe (maskspec_fast.train.augment) and their use in FinetuneTask."""
+"""SpecAugment, mixup, level/tilt of the fine-tuning recipe (maskspec_fast.train.augment) and their use in FinetuneTask."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from maskspec_fast import Classifier, ModelConfig
+from maskspec_fast.frontend.logmel import LogMel
 from maskspec_fast.train.augment import (
+    apply_gain,
     apply_mixup,
     apply_spec_augment,
+    draw_gain,
     draw_mixup_lambda,
     draw_spec_augment,
     scaled_time_mask,
@@ -136,3 +139,28 @@ def test_finetune_task_loss_uses_augmentations():
     assert y.shape == (4, 4) and not torch.equal(x, spec)
     assert torch.isfinite(aug.loss(clf, spec, labels, **extras))
     assert not torch.equal(aug.loss(clf, spec, labels, **extras), plain.loss(clf, spec, labels))
+
+
+def test_gain_equals_scaling_the_waveform():
+    """A level change of g dB on the log-mel is the log-mel of the waveform scaled by 10 ** (g / 20)."""
+    torch.manual_seed(torch.seed() % 2**31)
+    wave = torch.randn(3, 16000) * torch.rand(3, 1)
+    front = LogMel().eval()
+    db = torch.empty(3).uniform_(-12, 12)
+    want = front(wave * torch.pow(10.0, db / 20).unsqueeze(1))
+    got = apply_gain(front(wave), torch.stack([db, torch.zeros(3)], 1))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_tilt_raises_high_bins_and_lowers_low_ones_by_half_the_span():
+    spec = torch.full((1, 128, 5), 0.3)  # well above the log floor: the change is (almost) additive
+    out = apply_gain(spec, torch.tensor([[0.0, 10.0]]))
+    step = 10.0 / 10 * torch.log(torch.tensor(10.0)) / 5.0  # 10 dB in the front end's units
+    torch.testing.assert_close(out[0, -1] - spec[0, -1], torch.full((5,), float(step) / 2), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[0, 0] - spec[0, 0], torch.full((5,), -float(step) / 2), atol=1e-4, rtol=1e-4)
+
+
+def test_gain_draws_are_bounded_seeded_and_zero_when_off():
+    g = draw_gain(_gen(3), 1000, 6.0, 0.0)
+    assert g.shape == (1000, 2) and g[:, 0].abs().max() <= 6 and g[:, 0].abs().max() > 5 and not g[:, 1].any()
+    assert torch.equal(g, draw_gain(_gen(3), 1000, 6.0, 0.0))

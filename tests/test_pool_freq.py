@@ -37,3 +37,42 @@ def test_default_pool_is_mean_and_loads_from_a_pretrained_model(tmp_path):
     assert Classifier.from_pretrained(tmp_path / "m", num_classes=3).head.in_features == 20
     with pytest.raises(ValueError, match="pool"):
         _config(pool="max")
+
+
+def test_freq_stats_pool_appends_each_rows_std_over_time():
+    torch.manual_seed(torch.seed() % 2**31)
+    clf = Classifier(_config(pool="freq_stats"), 5).eval()
+    with torch.no_grad():  # non-trivial norms, so a swapped or missing norm shows
+        for norm in (clf.fc_norm, clf.std_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    x = torch.randn(3, 128, 112)
+    grid = clf.forward_features(x)[:, 1:].reshape(3, 8, 7, 20).double()
+    std = ((grid - grid.mean(2, keepdim=True)).square().sum(2) / 6 + 1e-6).sqrt()  # unbiased, 7 columns
+    want = torch.cat([clf.fc_norm(grid.mean(2).float()).flatten(1), clf.std_norm(std.float()).flatten(1)], 1)
+    assert clf.head.in_features == 2 * 8 * 20 == clf.config.pooled_dim
+    torch.testing.assert_close(clf.embed(x), want)
+
+
+def test_freq_stats_pool_ignores_padding_and_trains_with_column_patchout():
+    clf = Classifier(_config(pool="freq_stats"), 4).eval()
+    x = torch.randn(2, 128, 112)
+    short = clf.embed(x[..., :64])  # 4 whole columns
+    padded = clf.embed(torch.cat([x[..., :64], torch.randn(2, 128, 48)], -1), lengths=torch.tensor([64, 64]))
+    torch.testing.assert_close(padded, short, atol=2e-5, rtol=1e-4)
+    clf.train()
+    clf.patchout = 8 * 5  # 2 columns left: the std is still defined
+    loss = clf(x).logsumexp(-1).sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in clf.parameters() if p.grad is not None)
+
+
+def test_freq_stats_classifier_starts_from_a_pretrained_model_with_fresh_pooling_norms(tmp_path):
+    m = Model(_config())
+    m.save_pretrained(tmp_path / "m")
+    clf = Classifier.from_pretrained(tmp_path / "m", num_classes=3, pool="freq_stats")
+    torch.testing.assert_close(clf.blocks[0].attn.qkv.weight, m.blocks[0].attn.qkv.weight)
+    clf.save_pretrained(tmp_path / "c")
+    again = Classifier.from_pretrained(tmp_path / "c")
+    assert again.config.pool == "freq_stats"
+    torch.testing.assert_close(again.std_norm.weight, clf.std_norm.weight)

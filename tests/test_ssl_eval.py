@@ -1,5 +1,6 @@
 """Smoke test of the pre-training evaluation experiment (benchmarks/ssl_eval.py) with tiny settings, plus its
 pieces that can be checked exactly (linear probe, time-roll augmentation)."""
+import copy
 import json
 import subprocess
 import sys
@@ -164,3 +165,46 @@ def test_parallel_folds_give_the_same_numbers():
         for k in (1, 2):
             assert torch.equal(one["predictions"][s][k], two["predictions"][s][k]), (s, k)
     assert one["reports"]["finetune_pretrained"][2]["history"] == two["reports"]["finetune_pretrained"][2]["history"]
+
+
+def test_pretraining_windows_cut_clips_and_drop_silent_ones():
+    from maskspec_fast.frontend.logmel import LogMel
+
+    wave = torch.zeros(3, 32000 * 2)  # 2-s files of which file 1 is silent and file 2 has sound in its 1st second
+    wave[0] = torch.randn(64000) * 0.1
+    wave[2, :32000] = torch.randn(32000) * 0.1
+    specs = LogMel()(wave)[..., :192]  # (3, 128, 192)
+    win, dropped = ssl_eval.pretraining_windows(specs, 64)  # 3 windows per file
+    assert dropped == 3 + 1  # all of file 1, the last window of file 2 (its 2nd one touches the sound's tail)
+    assert win.shape == (9 - dropped, 128, 64)
+    torch.testing.assert_close(win[:3], specs[0].reshape(128, 3, 64).permute(1, 0, 2))
+
+
+def test_refit_head_is_the_probe_on_all_training_clips_of_the_selected_encoder():
+    """With lr 0 the encoder stays; --refit-head then makes the head the logistic regression on ALL clips
+    (fit + validation), not the fit-split probe the head started from."""
+    from maskspec_fast import Classifier
+
+    models, folds = _tiny_setup()
+    x, y = torch.cat([folds[1][0], folds[2][0]]), torch.cat([folds[1][1], folds[2][1]])
+    clf = Classifier.from_model(models["pretrained"], 3)
+    want = torch.nn.Linear(clf.head.in_features, 3)
+    ssl_eval.recipes.set_head_from_probe(want, *ssl_eval.fit_probe(ssl_eval.embed(clf, x), y, 3, 1e-3, 30))
+    rec = ssl_eval.recipe_from_args(_args()).replace(lr=0.0, min_lr=0.0, epochs=1.0, val_fraction=0.3,
+                                                     refit_head=False)
+    report = ssl_eval.finetune(copy.deepcopy(clf), x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
+    assert report["val_clips"] > 0
+    unfitted = copy.deepcopy(clf)
+    ssl_eval.finetune(unfitted, x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
+    ssl_eval.finetune(clf, x, y, rec.replace(refit_head=True), 0.75, seed=5, head_init="probe", probe_iters=30)
+    torch.testing.assert_close(clf.head.weight, want.weight, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(unfitted.head.weight, want.weight, atol=1e-3)  # the fit-split probe differs
+
+
+def test_paired_differences_count_folds_won_tied_and_lost():
+    summary = {"a": {"per_fold": {"1": 0.5, "2": 0.7, "3": 0.6}}, "b": {"per_fold": {"1": 0.4, "2": 0.7, "3": 0.8}}}
+    p = ssl_eval.paired_differences(summary, "a", ["a", "b", "missing"])
+    assert list(p) == ["b"]
+    assert (p["b"]["won"], p["b"]["tied"], p["b"]["lost"]) == (1, 1, 1)
+    assert p["b"]["mean"] == pytest.approx((0.1 + 0.0 - 0.2) / 3)
+    assert ssl_eval.paired_differences(summary, "absent", ["a"]) == {}

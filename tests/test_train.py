@@ -385,3 +385,22 @@ def test_checkpoint_selection_breaks_ties_by_the_evaluation_loss(tmp_path):
     result = train(FinetuneTask(Classifier(cfg, ds.num_classes), False), ds, config, LogMel(), torch.device("cpu"),
                    log=lambda *a: None, evaluate=evaluate)
     assert result["best"] == {"metric": "accuracy", "value": 0.5, "step": 1, "loss": 1.0}
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_finetune_refit_head_changes_only_the_head_of_the_selected_checkpoint(tmp_path, capsys, refit):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ft"
+    args = ["finetune", "--data", "synthetic:60:seed=3", "--epochs", "2", "--batch-size", "8", "--val-fraction",
+            "0.25", "--pool", "freq_stats", "--refit-head" if refit else "--no-refit-head", "--out", str(out),
+            "--workers", "0", *SMALL, *TINY_CLIPS]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    best = load_file(str(out / "checkpoints" / "best" / "model.safetensors"))
+    final = load_file(str(out / "final" / "model.safetensors"))
+    assert set(best) == set(final)
+    for k in best:
+        same = torch.equal(best[k], final[k])
+        assert same != (refit and k.startswith("head.")), k  # with --refit-head only head.* differ
+    assert ("head refitted on all 60 clips" in log) == refit

@@ -1,4 +1,5 @@
-"""Fine-tuning augmentations on the log-mel batch: SpecAugment masks and mixup (the PaSST / MaskSpec recipe).
+"""Fine-tuning augmentations on the log-mel batch: SpecAugment masks and mixup (the PaSST / MaskSpec recipe), time
+roll, and a random level / spectral-tilt change (recordings of other gain and other microphones).
 
 Randomness is drawn separately from its use (``draw_*`` take a ``torch.Generator``; ``apply_*`` are pure), so the
 training loop can draw the parameters for the whole global batch from a generator seeded by ``(seed, step)``
@@ -93,6 +94,30 @@ def apply_time_roll(spec: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return torch.gather(spec, 2, idx.unsqueeze(1).expand(-1, spec.shape[1], -1))
 
 
+def draw_gain(gen: torch.Generator, n: int, gain_db: float, tilt_db: float) -> torch.Tensor:
+    """``(n, 2)`` float32 per-clip (gain, tilt) in dB, each uniform on ``[-limit, limit]`` (0 where the limit is 0)."""
+    u = torch.rand(n, 2, generator=gen) * 2 - 1
+    return u * torch.tensor([float(gain_db), float(tilt_db)])
+
+
+def apply_gain(spec: torch.Tensor, gain: torch.Tensor, log_offset: float = 1e-5, shift: float = 4.5,
+               scale: float = 5.0) -> torch.Tensor:
+    """Level and spectral-tilt change, exact in the power domain of the log-mel front end
+    ``x = (log(m + eps) + shift) / scale`` (:class:`maskspec_fast.frontend.logmel.MelSettings`):
+
+    ``m' = m * 10 ** (g_b(f) / 10)`` with ``g_b(f) = gain_b + tilt_b * (f / (F - 1) - 1/2)`` dB per mel bin ``f``,
+    i.e. a louder or quieter recording through a brighter or darker microphone; the ``eps`` floor stays a floor.
+    spec ``(B, F, T)``, gain ``(B, 2)`` (dB, from :func:`draw_gain`) -> ``(B, F, T)``.
+    """
+    f = spec.shape[1]
+    ramp = torch.linspace(-0.5, 0.5, f, device=spec.device, dtype=torch.float32)  # (F,)
+    g = gain.to(spec.device, torch.float32)
+    db = g[:, :1] + g[:, 1:] * ramp  # (B, F)
+    factor = torch.pow(10.0, db / 10.0).to(spec.dtype).unsqueeze(-1)  # (B, F, 1)
+    mel = torch.exp(spec * scale - shift) - log_offset
+    return (torch.log(mel.clamp_min(0) * factor + log_offset) + shift) / scale
+
+
 def draw_mixup_lambda(gen: torch.Generator, n: int, alpha: float) -> torch.Tensor:
     """``(n,)`` float32 ``lam = max(u, 1 - u)`` with ``u ~ Beta(alpha, alpha)`` per clip (PaSST's mixup: the
     clip's own content always dominates). Beta is sampled from the seeded generator through numpy."""
@@ -125,9 +150,11 @@ def apply_mixup(spec: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor) ->
 
 __all__ = [
     "MaskParams",
+    "apply_gain",
     "apply_mixup",
     "apply_spec_augment",
     "apply_time_roll",
+    "draw_gain",
     "draw_mixup_lambda",
     "draw_spec_augment",
     "draw_time_roll",

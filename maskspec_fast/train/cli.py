@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..backends import format_backends
-from ..config import ModelConfig
+from ..config import POOLS, ModelConfig
 from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
 from .config import TrainConfig
@@ -134,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every-epochs", type=float, default=r.eval_every_epochs)
     g.add_argument("--head-init", choices=["zero", "probe"], default=r.head_init,
                    help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings (LP-FT)")
-    g.add_argument("--pool", choices=["mean", "freq"], default=r.pool,
-                   help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible), or the "
-                        "mean per frequency row, rows concatenated (patchout then drops whole time columns)")
+    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=r.refit_head,
+                   help="after checkpoint selection on the validation split, refit the head as a logistic regression "
+                        "on the selected encoder's embeddings of all training clips (fit + validation)")
+    g.add_argument("--pool", choices=list(POOLS), default=r.pool,
+                   help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible); freq: the "
+                        "mean per frequency row, rows concatenated (patchout then drops whole time columns); "
+                        "freq_stats: freq plus each row's std over time")
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
@@ -158,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "mel bins masked per clip (paper: 48; 0: off)")
     g.add_argument("--time-mask", type=int, default=r.time_mask, help="SpecAugment: one time span of up to N frames "
                    "per 10 s masked per clip, scaled to the clip length (paper: 192; 0: off)")
+    g.add_argument("--gain-db", type=float, default=r.gain_db, metavar="DB",
+                   help="random level change per clip, uniform in +-DB (exact in the power domain; 0: off)")
+    g.add_argument("--tilt-db", type=float, default=r.tilt_db, metavar="DB",
+                   help="random spectral tilt per clip: uniform in +-DB from the lowest to the highest mel bin "
+                        "(0: off)")
     g.add_argument("--mixup", type=float, default=r.mixup, metavar="ALPHA",
                    help="mixup with lam = max(u, 1-u), u ~ Beta(ALPHA, ALPHA) per clip, soft targets (PaSST: 0.3; "
                         "0: off). Clips are paired within each process's micro-batch")
@@ -351,7 +360,8 @@ def _finetune(args, device, con: Console) -> int:
     if args.head_init == "probe" and not ds.multilabel:
         _probe_head(clf, ds, args, device, con)
     task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay, freq_mask=args.freq_mask,
-                        time_mask=args.time_mask, mixup_alpha=args.mixup, time_roll=args.time_roll)
+                        time_mask=args.time_mask, mixup_alpha=args.mixup, time_roll=args.time_roll,
+                        gain_db=args.gain_db, tilt_db=args.tilt_db)
     periodic = None
     if val_ds is not None:  # checkpoint selection and early stopping on the validation split, never --eval-data
         args.eval_every, args.eval_at_start = sched.eval_every, True
@@ -371,9 +381,13 @@ def _finetune(args, device, con: Console) -> int:
             from safetensors.torch import load_file
 
             clf.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)), strict=True)
+            how = f"the best validation checkpoint (step {b['step']})"
+            if args.refit_head and not full.multilabel:
+                _probe_head(clf, full, args, device, con, what="refitted on all")
+                how += ", its head refitted on all training clips"
             if con.info.is_main:
                 clf.save_pretrained(result["final"])
-            con.say(f"final model = the best validation checkpoint (step {b['step']}), saved {result['final']}")
+            con.say(f"final model = {how}, saved {result['final']}")
     summary = {k: v for k, v in result.items() if k != "losses"}
     if args.eval_data:
         summary["eval"] = evaluate(clf, _dataset(args.eval_data, args, train=False), device, **_predict_kw(args, con))
@@ -383,8 +397,9 @@ def _finetune(args, device, con: Console) -> int:
 
 
 @torch.no_grad()
-def _probe_head(clf, ds, args, device, con: Console) -> None:
-    """LP-FT: fit the recipe's logistic regression on frozen fit-split embeddings and start the head from it."""
+def _probe_head(clf, ds, args, device, con: Console, what: str = "initialized from a linear probe on") -> None:
+    """Set the head to the recipe's logistic regression on frozen embeddings of ``ds``: LP-FT's start (the fit
+    split) or, with ``--refit-head``, the selected model's head refitted on all training clips."""
     from . import recipe as recipes
     from .evaluation import predict
 
@@ -396,7 +411,7 @@ def _probe_head(clf, ds, args, device, con: Console) -> None:
         clf.head = head
     w, b, mu, sd = recipes.fit_logistic_regression(emb.double().cpu(), labels.cpu(), clf.num_classes)
     recipes.set_head_from_probe(clf.head, w.to(device), b.to(device), mu.to(device), sd.to(device))
-    con.say(f"head initialized from a linear probe on {len(ds)} fit clips (--head-init probe)")
+    con.say(f"head {what} {len(ds)} clips")
 
 
 def _eval(args, device, con: Console) -> int:

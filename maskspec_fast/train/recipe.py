@@ -28,7 +28,11 @@ class FinetuneRecipe:
     (time per 10 s, scaled to the clip). ``pool``: the Classifier's pooling (``ModelConfig.pool``).
     ``head_init``: ``"probe"`` starts the head as the logistic regression on frozen fit-split embeddings (LP-FT;
     the start is evaluated too, so fine-tuning can only replace it by a checkpoint that validates better), or
-    ``"zero"`` (MAE's near-zero head).
+    ``"zero"`` (MAE's near-zero head). ``refit_head``: after selection, the head is refitted as that logistic
+    regression on the selected encoder's embeddings of ALL training clips (fit + validation), so the final model
+    uses every labeled clip (the validation split only chose the encoder). ``gain_db`` / ``tilt_db``: random level
+    and spectral tilt per clip (:func:`maskspec_fast.train.augment.apply_gain`). ``wise_alpha``: WiSE-FT weight
+    interpolation between the start and the selected model (1: off).
     """
 
     epochs: float = 15.0
@@ -37,10 +41,12 @@ class FinetuneRecipe:
     min_lr: float = 1e-6
     layer_decay: float = 0.75
     weight_decay: float = 0.05
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    label_smoothing: float = 0.0
     patchout_fraction: float = 0.75
     time_roll: bool = True
+    gain_db: float = 0.0
+    tilt_db: float = 0.0
     freq_mask: int = 0
     time_mask: int = 0
     mixup: float = 0.0
@@ -48,8 +54,10 @@ class FinetuneRecipe:
     eval_every_epochs: float = 1.0
     patience: int = 6
     batch_size: int = 32
-    pool: str = "freq"
+    pool: str = "freq_stats"
     head_init: str = "probe"
+    refit_head: bool = True
+    wise_alpha: float = 1.0
 
     def replace(self, **changes) -> FinetuneRecipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -149,6 +157,13 @@ class BestTracker:
         return self.patience > 0 and self.bad >= self.patience
 
 
+def interpolate_states(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                       alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al., 2022): ``(1 - alpha) * start + alpha * end`` for every floating-point tensor of two
+    state dicts of the same model (integer buffers are taken from ``end``)."""
+    return {k: torch.lerp(start[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in end.items()}
+
+
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-3,
                             iters: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on standardized features (statistics of ``x``), fitted by L-BFGS in float64:
@@ -234,5 +249,6 @@ def train_val_split(dataset, recipe: FinetuneRecipe, seed: int) -> tuple[object,
 
 
 __all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "SplitView", "dataset_labels", "fit_logistic_regression",
+           "interpolate_states",
            "patchout_tokens", "resolve", "set_head_from_probe", "split_sizes", "stratified_split",
            "train_val_split"]

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from ..model import Classifier, Model
 from .augment import (
     MaskParams,
+    apply_gain,
     apply_mixup,
     apply_spec_augment,
     apply_time_roll,
+    draw_gain,
     draw_mixup_lambda,
     draw_spec_augment,
     draw_time_roll,
@@ -101,7 +103,8 @@ class PretrainTask:
 
 class FinetuneTask:
     """Classification: cross-entropy (single-label) or BCE (multi-label), both with label smoothing; optional
-    random circular time roll per clip (``time_roll``, applied first), SpecAugment (one frequency band up to
+    random circular time roll per clip (``time_roll``, applied first), a random level / spectral tilt per clip
+    (``gain_db`` / ``tilt_db``, :func:`~maskspec_fast.train.augment.apply_gain`), SpecAugment (one frequency band up to
     ``freq_mask`` bins and one time span up to ``time_mask`` frames per 10 s, scaled to the clip length) and
     mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
 
@@ -118,16 +121,21 @@ class FinetuneTask:
         time_mask: int = 0,
         mixup_alpha: float = 0.0,
         time_roll: bool = False,
+        gain_db: float = 0.0,
+        tilt_db: float = 0.0,
     ):
         self.model, self.multilabel = model, multilabel
         self.label_smoothing, self.layer_decay = label_smoothing, layer_decay
         self.freq_mask, self.time_mask, self.mixup_alpha = freq_mask, time_mask, mixup_alpha
         self.time_roll = time_roll
+        self.gain_db, self.tilt_db = gain_db, tilt_db
 
     def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
         out: dict[str, torch.Tensor] = {}
         if self.time_roll:
             out["roll"] = draw_time_roll(gen, global_batch, spec.shape[-1])[rows]
+        if self.gain_db > 0 or self.tilt_db > 0:
+            out["gain"] = draw_gain(gen, global_batch, self.gain_db, self.tilt_db)[rows]
         if self.freq_mask > 0 or self.time_mask > 0:
             f, t = spec.shape[-2], spec.shape[-1]
             p = draw_spec_augment(gen, global_batch, f, t, self.freq_mask, scaled_time_mask(self.time_mask, t))
@@ -138,9 +146,11 @@ class FinetuneTask:
         return out
 
     def augment(self, spec: torch.Tensor, labels: torch.Tensor, **extras) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time roll, SpecAugment, then mixup (PaSST's order: per-clip changes, then clips are mixed)."""
+        """Time roll, level/tilt, SpecAugment, then mixup (PaSST's order: per-clip changes, then clips are mixed)."""
         if "roll" in extras:
             spec = apply_time_roll(spec, extras["roll"])
+        if "gain" in extras:
+            spec = apply_gain(spec, extras["gain"])
         if "f_start" in extras:
             p = MaskParams(extras["f_start"], extras["f_width"], extras["t_start"], extras["t_width"])
             spec = apply_spec_augment(spec, p)
