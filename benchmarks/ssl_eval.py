@@ -19,11 +19,11 @@ finetune``): length in epochs, warm-up, layer-wise lr decay, a validation split 
 best-checkpoint selection and early stopping on it. Every (setting, fold) pair draws from its own random stream
 (``stream_seed``): changing one setting's length or order leaves every other number unchanged.
 
-    python benchmarks/ssl_eval.py                       # the default experiment (~30 min on 2 CPU cores)
+    python benchmarks/ssl_eval.py                       # the default experiment (3.5 min on 2 idle CPU cores)
     python benchmarks/ssl_eval.py --quick --out /tmp/q  # smoke run (well under a minute)
     python benchmarks/ssl_eval.py --esc50 /data/ESC-50 --unlabeled /data/unlabeled --clip-seconds 5
     python benchmarks/build_real_eval.py --out /tmp/real && \
-        python benchmarks/ssl_eval.py --esc50 /tmp/real/labeled --unlabeled /tmp/real/unlabeled --out /tmp/r
+        python benchmarks/ssl_eval.py --esc50 /tmp/real/labeled --unlabeled /tmp/real/unlabeled --out /tmp/r  # 11 min
 
 Every log-mel is computed once up front (fixed mel bank, no jitter): the model cost dominates and all settings
 see identical inputs. Accuracy is the fraction of correctly classified clips of the held-out fold.
