@@ -15,8 +15,8 @@ ONNX_ATOL = 5e-5
 EXPORT_ATOL = 1e-6
 
 
-def make_clf():
-    clf = Classifier(ModelConfig.from_preset("tiny", depth=2, frames=GRID_T * 16), num_classes=5).eval()
+def make_clf(pool="mean"):
+    clf = Classifier(ModelConfig.from_preset("tiny", depth=2, frames=GRID_T * 16, pool=pool), num_classes=5).eval()
     torch.nn.init.normal_(clf.head.weight, std=0.5)  # logits of order 10, not MAE's near-zero head init
     return clf
 
@@ -45,11 +45,11 @@ def test_torch_export_program_matches_eager():
         prog(torch.randn(1, 128, 16 * (GRID_T + 1)))
 
 
-@pytest.mark.parametrize("output", ["logits", "embedding"])
-def test_onnx_matches_pytorch_on_dynamic_batch_and_time(tmp_path, output):
+@pytest.mark.parametrize("output, pool", [("logits", "mean"), ("embedding", "mean"), ("logits", "freq_stats")])
+def test_onnx_matches_pytorch_on_dynamic_batch_and_time(tmp_path, output, pool):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
-    clf = make_clf()
+    clf = make_clf(pool)  # freq_stats: the fine-tuning recipe's pooling (per-row mean and std over time)
     path = export_onnx(clf, tmp_path / "clf.onnx", output=output)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["spec"] and [o.name for o in sess.get_outputs()] == [output]
