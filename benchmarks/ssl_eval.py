@@ -53,20 +53,8 @@ from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
 from maskspec_fast.config import POOLS  # noqa: E402
 from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, num_frames  # noqa: E402
 from maskspec_fast.train import recipe as recipes  # noqa: E402
-from maskspec_fast.train.augment import (  # noqa: E402
-    apply_gain,
-    apply_mixup,
-    apply_spec_augment,
-    apply_time_roll,
-    draw_gain,
-    draw_mixup_lambda,
-    draw_spec_augment,
-    draw_time_roll,
-    scaled_time_mask,
-    soft_targets,
-)
 from maskspec_fast.train.schedule import make_adamw, param_groups, set_lr, warmup_cosine  # noqa: E402
-from maskspec_fast.train.tasks import classification_loss  # noqa: E402
+from maskspec_fast.train.tasks import FinetuneTask  # noqa: E402
 
 SETTINGS = ("finetune_pretrained", "finetune_random", "probe_pretrained", "probe_random", "logmel_baseline")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,7 +64,7 @@ _RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None mean
     "label_smoothing": "label_smoothing", "patchout_fraction": "patchout_fraction", "freq_mask": "freq_mask",
     "time_mask": "time_mask", "mixup": "mixup", "val_fraction": "val_fraction", "patience": "patience",
     "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init", "refit_head": "refit_head",
-    "wise_alpha": "wise_alpha", "gain_db": "gain_db", "tilt_db": "tilt_db",
+    "gain_db": "gain_db", "tilt_db": "tilt_db",
 }
 
 
@@ -153,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pool", choices=list(POOLS), default=None,
                    help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
                         "row concatenated (with time-column patchout)")
-    g.add_argument("--wise-alpha", type=float, default=None,
-                   help="WiSE-FT: final weights (1 - a) * start + a * selected (1: the selected model)")
+    g.add_argument("--wise-alpha", type=float, default=1.0,
+                   help="WiSE-FT, an experiment outside the recipe: final weights (1 - a) * start + a * selected "
+                        "(1: the selected model)")
     g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=None,
                    help="after checkpoint selection, refit the head as a logistic regression on the selected "
                         "encoder's embeddings of ALL training clips (fit + validation)")
@@ -262,6 +251,13 @@ def labeled_folds(args) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], l
     return folds, names, desc
 
 
+def interpolate_states(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                       alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al., 2022): ``(1 - alpha) * start + alpha * end`` for every floating-point tensor of two
+    state dicts of the same model (integer buffers are taken from ``end``)."""
+    return {k: torch.lerp(start[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in end.items()}
+
+
 def pretraining_windows(specs: torch.Tensor, frames: int) -> tuple[torch.Tensor, int]:
     """Cut log-mels ``(N, F, T)`` into non-overlapping windows ``(N * W, F, frames)``, ``W = T // frames`` (the
     rest of each clip is dropped), leaving out silent windows (every bin at the log floor: digital silence, or the
@@ -278,11 +274,6 @@ def pretraining_windows(specs: torch.Tensor, frames: int) -> tuple[torch.Tensor,
 def bin_stats(specs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mel-bin mean and std over clips and frames: ``(F,)``, ``(F,)`` (std floored at 1e-3)."""
     return specs.mean(dim=(0, 2)), specs.std(dim=(0, 2)).clamp_min(1e-3)
-
-
-def roll_time(spec: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Augmentation: circular shift of each clip along time by a random number of frames ``(B, F, T)``."""
-    return apply_time_roll(spec, draw_time_roll(gen, spec.shape[0], spec.shape[-1]))
 
 
 def logmel_features(spec: torch.Tensor) -> torch.Tensor:
@@ -335,13 +326,15 @@ def _val_metrics(clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> tuple[flo
 
 def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.FinetuneRecipe,
              layer_decay: float | None, seed: int, head_init: str = "zero", probe_l2: float = 1e-3,
-             probe_iters: int = 200, verbose: bool = False) -> dict[str, Any]:
+             probe_iters: int = 200, verbose: bool = False, wise_alpha: float = 1.0) -> dict[str, Any]:
     """Whole-model fine-tuning by ``recipe`` on the training clips ``x (N, F, T)``, ``y (N,)``; returns a report.
 
     A stratified validation split (``recipe.val_fraction`` of the TRAINING clips) picks the checkpoint (best
     validation accuracy, ties by lower validation loss) and stops early; the test fold is never seen. AdamW
     (betas 0.9/0.999), linear warm-up then cosine to ``min_lr``, gradient clipping at 1, label smoothing, drop
-    path and patchout (global RNG, seeded here), time roll / SpecAugment / mixup (from ``gen``).
+    path and patchout (global RNG, seeded here), the recipe's augmentations through ``FinetuneTask`` (what ``train
+    finetune`` runs; drawn from ``gen``). ``wise_alpha < 1``: WiSE-FT, an experiment option outside the recipe
+    (measured no better, SSL_EVAL.md).
     ``head_init="probe"``: the head starts as the logistic regression fitted on the frozen fit-split embeddings
     (LP-FT), so fine-tuning starts at the probe's solution instead of from chance.
     """
@@ -354,14 +347,15 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
     if head_init == "probe":
         w, b, mu, sd = fit_probe(embed(clf, xf), yf, c, probe_l2, probe_iters)
         recipes.set_head_from_probe(clf.head, w, b, mu, sd)
-    opt = make_adamw(param_groups(clf, recipe.weight_decay, layer_decay=layer_decay), lr=recipe.lr,
-                     betas=(0.9, 0.999))
+    task = FinetuneTask(clf, False, recipe.label_smoothing, layer_decay, freq_mask=recipe.freq_mask,
+                        time_mask=recipe.time_mask, mixup_alpha=recipe.mixup, time_roll=recipe.time_roll,
+                        gain_db=recipe.gain_db, tilt_db=recipe.tilt_db)  # the augmentations train finetune runs
+    opt = make_adamw(task.groups(recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
     clf.patchout = recipes.patchout_tokens(recipe, (x.shape[1] // clf.config.patch_size) *
                                            (x.shape[2] // clf.config.patch_size))
-    start_state = copy.deepcopy(clf.state_dict()) if recipe.wise_alpha < 1.0 else None
+    start_state = copy.deepcopy(clf.state_dict()) if wise_alpha < 1.0 else None
     tracker = recipes.BestTracker(sched.patience)
     best_state, history, step, stop = None, [], 0, False
-    t_frames = x.shape[-1]
     if sched.eval_every:  # the starting point competes too (with head_init="probe": the linear probe itself)
         acc, vloss = _val_metrics(clf, x[val], y[val])
         history.append({"step": 0, "val_accuracy": acc, "val_loss": vloss})
@@ -372,20 +366,10 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
         for i in range(0, order.numel(), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
             xb, yb = xf[idx], yf[idx]
-            if recipe.time_roll:
-                xb = roll_time(xb, gen)
-            if recipe.gain_db > 0 or recipe.tilt_db > 0:
-                xb = apply_gain(xb, draw_gain(gen, xb.shape[0], recipe.gain_db, recipe.tilt_db))
-            if recipe.freq_mask > 0 or recipe.time_mask > 0:
-                p = draw_spec_augment(gen, xb.shape[0], xb.shape[1], t_frames, recipe.freq_mask,
-                                      scaled_time_mask(recipe.time_mask, t_frames))
-                xb = apply_spec_augment(xb, p)
-            target: torch.Tensor = yb
-            if recipe.mixup > 0:
-                xb, target = apply_mixup(xb, soft_targets(yb, c), draw_mixup_lambda(gen, xb.shape[0], recipe.mixup))
+            extras = task.draw(gen, xb.shape[0], torch.arange(xb.shape[0]), xb)  # roll, gain, masks, mixup
             set_lr(opt, warmup_cosine(step, sched.steps, sched.warmup_steps, recipe.lr, recipe.min_lr))
             clf.train()
-            loss = classification_loss(clf(xb), target, False, recipe.label_smoothing)
+            loss = task.loss(clf, xb, yb, **extras)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(clf.parameters(), 1.0)
@@ -404,8 +388,8 @@ def finetune(clf: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: recipes.
                 break
     if best_state is not None:
         clf.load_state_dict(best_state)
-    if recipe.wise_alpha < 1.0:  # WiSE-FT: interpolate the weights between the start and the selected model
-        clf.load_state_dict(recipes.interpolate_states(start_state, clf.state_dict(), recipe.wise_alpha))
+    if wise_alpha < 1.0:  # WiSE-FT: interpolate the weights between the start and the selected model
+        clf.load_state_dict(interpolate_states(start_state, clf.state_dict(), wise_alpha))
     clf.eval()
     if recipe.refit_head:  # the selected encoder, its head refitted on ALL training clips (fit + validation)
         w, b, mu, sd = fit_probe(embed(clf, x), y, c, probe_l2, probe_iters)
@@ -552,7 +536,7 @@ def evaluate_folds(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor
                 decay = recipe.layer_decay if init == "pretrained" else None
                 reports[s][k] = finetune(clf, xtr, ytr, recipe, decay, seed, head_init=recipe.head_init,
                                          probe_l2=args.probe_l2, probe_iters=args.probe_iters,
-                                         verbose=not args.quick)
+                                         verbose=not args.quick, wise_alpha=args.wise_alpha)
                 pred = logits_of(clf, xte).argmax(-1)
             elif kind == "probe":
                 clf = Classifier.from_model(models[init], num_classes)

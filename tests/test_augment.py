@@ -9,9 +9,11 @@ from maskspec_fast.train.augment import (
     apply_gain,
     apply_mixup,
     apply_spec_augment,
+    apply_time_roll,
     draw_gain,
     draw_mixup_lambda,
     draw_spec_augment,
+    draw_time_roll,
     scaled_time_mask,
     soft_targets,
     spec_augment_reference,
@@ -164,3 +166,12 @@ def test_gain_draws_are_bounded_seeded_and_zero_when_off():
     g = draw_gain(_gen(3), 1000, 6.0, 0.0)
     assert g.shape == (1000, 2) and g[:, 0].abs().max() <= 6 and g[:, 0].abs().max() > 5 and not g[:, 1].any()
     assert torch.equal(g, draw_gain(_gen(3), 1000, 6.0, 0.0))
+
+
+def test_time_roll_is_a_circular_shift_per_clip():
+    spec = torch.randn(3, 5, 17)
+    g = torch.Generator().manual_seed(1)
+    rolled = apply_time_roll(spec, draw_time_roll(g, 3, 17))
+    shifts = torch.randint(0, 17, (3,), generator=torch.Generator().manual_seed(1))
+    for b in range(3):
+        assert torch.equal(rolled[b], torch.roll(spec[b], int(shifts[b]), dims=-1))

@@ -70,12 +70,3 @@ def test_split_view_restricts_items_and_forwards_attributes():
     assert sorted(int(val[i]["label"]) for i in range(2)) == [0, 1]  # stratified: one clip of each class
     plain = R.SplitView([1, 2, 3], torch.tensor([0, 2]))
     assert not hasattr(plain, "items") and [plain[0], plain[1]] == [1, 3]
-
-
-def test_interpolate_states_is_wise_ft_on_float_tensors_only():
-    a = {"w": torch.randn(3, 4), "n": torch.tensor(2)}
-    b = {"w": torch.randn(3, 4), "n": torch.tensor(7)}
-    mid = R.interpolate_states(a, b, 0.25)
-    torch.testing.assert_close(mid["w"], 0.75 * a["w"] + 0.25 * b["w"])
-    assert mid["n"] == 7  # integer buffers (counters) are the end's
-    torch.testing.assert_close(R.interpolate_states(a, b, 1.0)["w"], b["w"])

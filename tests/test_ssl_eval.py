@@ -65,15 +65,6 @@ def test_linear_probe_separates_gaussian_blobs():
     assert (shuffled == yte).float().mean() < 0.8
 
 
-def test_roll_time_is_a_circular_shift_per_clip():
-    spec = torch.randn(3, 5, 17)
-    g = torch.Generator().manual_seed(1)
-    rolled = ssl_eval.roll_time(spec, g)
-    shifts = torch.randint(0, 17, (3,), generator=torch.Generator().manual_seed(1))
-    for b in range(3):
-        assert torch.equal(rolled[b], torch.roll(spec[b], int(shifts[b]), dims=-1))
-
-
 # ------------------------------------------------------------------------------------------------ independent streams
 def _tiny_setup():
     from maskspec_fast import Model, ModelConfig
@@ -208,3 +199,12 @@ def test_paired_differences_count_folds_won_tied_and_lost():
     assert (p["b"]["won"], p["b"]["tied"], p["b"]["lost"]) == (1, 1, 1)
     assert p["b"]["mean"] == pytest.approx((0.1 + 0.0 - 0.2) / 3)
     assert ssl_eval.paired_differences(summary, "absent", ["a"]) == {}
+
+
+def test_interpolate_states_is_wise_ft_on_float_tensors_only():
+    a = {"w": torch.randn(3, 4), "n": torch.tensor(2)}
+    b = {"w": torch.randn(3, 4), "n": torch.tensor(7)}
+    mid = ssl_eval.interpolate_states(a, b, 0.25)
+    torch.testing.assert_close(mid["w"], 0.75 * a["w"] + 0.25 * b["w"])
+    assert mid["n"] == 7  # integer buffers (counters) are the end's
+    torch.testing.assert_close(ssl_eval.interpolate_states(a, b, 1.0)["w"], b["w"])

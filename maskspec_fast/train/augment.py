@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..frontend.logmel import MelSettings
+
 # docs/MASKSPEC.md (fine-tuning recipe): time masks up to 192 frames for 10-s clips (1000 frames); shorter clips get proportionally shorter ones.
 REFERENCE_FRAMES = 1000
 
@@ -100,10 +102,9 @@ def draw_gain(gen: torch.Generator, n: int, gain_db: float, tilt_db: float) -> t
     return u * torch.tensor([float(gain_db), float(tilt_db)])
 
 
-def apply_gain(spec: torch.Tensor, gain: torch.Tensor, log_offset: float = 1e-5, shift: float = 4.5,
-               scale: float = 5.0) -> torch.Tensor:
+def apply_gain(spec: torch.Tensor, gain: torch.Tensor, mel: MelSettings | None = None) -> torch.Tensor:
     """Level and spectral-tilt change, exact in the power domain of the log-mel front end
-    ``x = (log(m + eps) + shift) / scale`` (:class:`maskspec_fast.frontend.logmel.MelSettings`):
+    ``x = (log(m + eps) + shift) / scale`` (the constants of ``mel``, default :class:`MelSettings()`):
 
     ``m' = m * 10 ** (g_b(f) / 10)`` with ``g_b(f) = gain_b + tilt_b * (f / (F - 1) - 1/2)`` dB per mel bin ``f``,
     i.e. a louder or quieter recording through a brighter or darker microphone; the ``eps`` floor stays a floor.
@@ -114,8 +115,9 @@ def apply_gain(spec: torch.Tensor, gain: torch.Tensor, log_offset: float = 1e-5,
     g = gain.to(spec.device, torch.float32)
     db = g[:, :1] + g[:, 1:] * ramp  # (B, F)
     factor = torch.pow(10.0, db / 10.0).to(spec.dtype).unsqueeze(-1)  # (B, F, 1)
-    mel = torch.exp(spec * scale - shift) - log_offset
-    return (torch.log(mel.clamp_min(0) * factor + log_offset) + shift) / scale
+    m = mel or MelSettings()
+    power = torch.exp(spec * m.scale - m.shift) - m.log_offset
+    return (torch.log(power.clamp_min(0) * factor + m.log_offset) + m.shift) / m.scale
 
 
 def draw_mixup_lambda(gen: torch.Generator, n: int, alpha: float) -> torch.Tensor:

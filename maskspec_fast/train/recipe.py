@@ -31,8 +31,7 @@ class FinetuneRecipe:
     ``"zero"`` (MAE's near-zero head). ``refit_head``: after selection, the head is refitted as that logistic
     regression on the selected encoder's embeddings of ALL training clips (fit + validation), so the final model
     uses every labeled clip (the validation split only chose the encoder). ``gain_db`` / ``tilt_db``: random level
-    and spectral tilt per clip (:func:`maskspec_fast.train.augment.apply_gain`). ``wise_alpha``: WiSE-FT weight
-    interpolation between the start and the selected model (1: off).
+    and spectral tilt per clip (:func:`maskspec_fast.train.augment.apply_gain`).
     """
 
     epochs: float = 15.0
@@ -57,7 +56,6 @@ class FinetuneRecipe:
     pool: str = "freq_stats"
     head_init: str = "probe"
     refit_head: bool = True
-    wise_alpha: float = 1.0
 
     def replace(self, **changes) -> FinetuneRecipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -157,13 +155,6 @@ class BestTracker:
         return self.patience > 0 and self.bad >= self.patience
 
 
-def interpolate_states(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
-                       alpha: float) -> dict[str, torch.Tensor]:
-    """WiSE-FT (Wortsman et al., 2022): ``(1 - alpha) * start + alpha * end`` for every floating-point tensor of two
-    state dicts of the same model (integer buffers are taken from ``end``)."""
-    return {k: torch.lerp(start[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in end.items()}
-
-
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-3,
                             iters: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression on standardized features (statistics of ``x``), fitted by L-BFGS in float64:
@@ -249,6 +240,5 @@ def train_val_split(dataset, recipe: FinetuneRecipe, seed: int) -> tuple[object,
 
 
 __all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "SplitView", "dataset_labels", "fit_logistic_regression",
-           "interpolate_states",
            "patchout_tokens", "resolve", "set_head_from_probe", "split_sizes", "stratified_split",
            "train_val_split"]
