@@ -1,8 +1,10 @@
 """torch.export and ONNX (onnxruntime) parity of the fine-tuning model on fresh random log-mel inputs, fp32.
 
 Stated bounds: the torch.export program runs the same aten ops as eager PyTorch (max abs difference <= 1e-6 on
-logits); ONNX Runtime reorders float32 sums (fused LayerNorm / attention / GEMM kernels): max abs difference
-<= 5e-5 on logits of magnitude ~10 (measured ~5e-6), <= 5e-5 on the LayerNorm-ed embeddings."""
+logits); ONNX Runtime reorders float32 sums (fused LayerNorm / attention / GEMM kernels), so its bound is relative
+to the output's scale: max abs difference <= 1e-5 * max(1, max |reference|). Measured over 6 seeds x 6 inputs: worst
+relative 7e-7 (mean-pool logits, magnitude 5-23), 5e-7 (embeddings, ~3), 1.1e-6 (freq_stats logits, magnitude
+31-91, whose head reads 2x the rows' features, so an absolute 5e-5 bound was hit at 6.1e-5 by a fresh draw)."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from maskspec_fast import Classifier, ModelConfig
 from maskspec_fast.export import export_onnx, export_program, exportable
 
 GRID_T = 16  # 256 frames
-ONNX_ATOL = 5e-5
+ONNX_RTOL = 1e-5
 EXPORT_ATOL = 1e-6
 
 
@@ -60,5 +62,5 @@ def test_onnx_matches_pytorch_on_dynamic_batch_and_time(tmp_path, output, pool):
             ref = (clf(x) if output == "logits" else clf.embed(x)).numpy()
         out = sess.run(None, {"spec": x.numpy()})[0]
         assert out.shape == ref.shape and out.dtype == np.float32
-        diff = float(np.abs(out - ref).max())
-        assert diff <= ONNX_ATOL, (tuple(x.shape), diff)
+        diff, scale = float(np.abs(out - ref).max()), max(1.0, float(np.abs(ref).max()))
+        assert diff <= ONNX_RTOL * scale, (tuple(x.shape), diff, scale)
