@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ssl_eval  # noqa: E402
 from _common import environment, write_json  # noqa: E402
 
-from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
+from maskspec_fast import Classifier, Model  # noqa: E402
 
 
 def band_features(spec: torch.Tensor, bands: int) -> torch.Tensor:
@@ -42,19 +42,6 @@ def band_features(spec: torch.Tensor, bands: int) -> torch.Tensor:
     return ssl_eval.logmel_features(spec.reshape(n, bands, f // bands, t).mean(2))
 
 
-def cross_validate(feats: dict[int, torch.Tensor], labels: dict[int, torch.Tensor], num_classes: int, l2: float,
-                   iters: int) -> list[float]:
-    """Accuracy on each fold of a probe trained on the other folds, in fold order."""
-    keys = sorted(feats)
-    accs = []
-    for k in keys:
-        train = [j for j in keys if j != k]
-        pred = ssl_eval.linear_probe(torch.cat([feats[j] for j in train]), torch.cat([labels[j] for j in train]),
-                                     feats[k], num_classes, l2, iters)
-        accs.append(float((pred == labels[k]).float().mean()))
-    return accs
-
-
 def encoders(args: argparse.Namespace, frames: int) -> dict[str, Model]:
     """``{"pretrained": ..., "random": ...}``: the random encoder has the pre-trained one's configuration (else
     ``ssl_eval.py``'s default model) and its seed-``--seed`` initialization, as in ``ssl_eval.py``."""
@@ -63,10 +50,7 @@ def encoders(args: argparse.Namespace, frames: int) -> dict[str, Model]:
         out["pretrained"] = Model.from_pretrained(args.pretrained)
         config = out["pretrained"].config
     else:
-        d = ssl_eval.build_parser().parse_args([])
-        config = ModelConfig(frames=frames, embed_dim=d.embed_dim, depth=d.depth, num_heads=d.heads,
-                             decoder_embed_dim=d.decoder_dim, decoder_depth=d.decoder_depth,
-                             decoder_num_heads=d.decoder_heads, preset="custom")
+        config = ssl_eval.model_config(ssl_eval.build_parser().parse_args([]), frames)
     torch.manual_seed(args.seed)
     out["random"] = Model(config)
     return out
@@ -87,6 +71,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"labeled: {desc} -> {sum(len(y) for y in labels.values())} clips, {c} classes, {frames} frames")
     rows: list[dict[str, Any]] = []
 
+    def cross_validate(feats: dict[int, torch.Tensor], l2: float) -> list[float]:
+        return ssl_eval.cross_validated_probe(feats, labels, sorted(feats), c, l2, args.iters)
+
     def record(kind: str, name: str, l2: float, accs: list[float]) -> None:
         mean, std = statistics.fmean(accs), statistics.pstdev(accs)
         rows.append({"kind": kind, "features": name, "l2": l2, "mean": mean, "std": std, "per_fold": accs})
@@ -96,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("1. log-mel statistics at coarser frequency resolution (bands of adjacent mel bins averaged first)")
     for b in args.bands:
         feats = {k: band_features(s, b) for k, s in specs.items()}
-        record("bands", f"log-mel, {b} bands", args.band_l2, cross_validate(feats, labels, c, args.band_l2, args.iters))
+        record("bands", f"log-mel, {b} bands", args.band_l2, cross_validate(feats, args.band_l2))
     print("2. probe L2 penalty: the baseline and the encoders' per-row mean+std embeddings (last block)")
     feature_sets = {"log-mel, 128 bins": {k: ssl_eval.logmel_features(s) for k, s in specs.items()}}
     for name, model in encoders(args, frames).items():
@@ -104,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         feature_sets[f"{name} encoder, freq_stats"] = {k: ssl_eval.embed(clf, s) for k, s in specs.items()}
     for l2 in args.l2:
         for name, feats in feature_sets.items():
-            record("l2", name, l2, cross_validate(feats, labels, c, l2, args.iters))
+            record("l2", name, l2, cross_validate(feats, l2))
     result = {"labeled": desc, "classes": names, "frames": frames, "pretrained": args.pretrained, "rows": rows,
               "seconds": time.perf_counter() - t0, "environment": environment(torch.device("cpu"))}
     out = Path(args.out)

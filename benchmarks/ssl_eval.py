@@ -52,6 +52,7 @@ from _common import environment, write_json  # noqa: E402
 from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
 from maskspec_fast.config import POOLS  # noqa: E402
 from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, num_frames  # noqa: E402
+from maskspec_fast.model import pool_patch_tokens  # noqa: E402
 from maskspec_fast.train import recipe as recipes  # noqa: E402
 from maskspec_fast.train.schedule import make_adamw, param_groups, set_lr, warmup_cosine  # noqa: E402
 from maskspec_fast.train.tasks import FinetuneTask  # noqa: E402
@@ -192,6 +193,15 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.finetune_batch = args.finetune_batch or 8
     args.val_fraction = 0.0 if args.val_fraction is None else args.val_fraction
     args.probe_iters = 20
+
+
+def model_config(args: argparse.Namespace, frames: int) -> ModelConfig:
+    """The CPU-sized MaskSpec of the model flags, for clips of ``frames`` frames."""
+    return ModelConfig(
+        frames=frames, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+        decoder_embed_dim=args.decoder_dim, decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads,
+        mask_ratio=args.mask_ratio, norm_pix_loss=bool(args.norm_pix), preset="custom",
+    )
 
 
 def stream_seed(seed: int, setting: str, fold: int) -> int:
@@ -404,26 +414,11 @@ def logits_of(clf: Classifier, x: torch.Tensor, batch: int = 64) -> torch.Tensor
     return torch.cat([clf(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
-def pool_tokens(tokens: torch.Tensor, grid_f: int, pool: str) -> torch.Tensor:
-    """Parameter-free version of ``Classifier.embed``'s pooling of patch tokens ``(B, L, D)`` (row-major over
-    ``(G_f, G_t)``): ``"mean"`` -> ``LN(mean_l x_l)`` ``(B, D)``; ``"freq"`` -> ``LN(mean_t x_{r,t})`` per row,
-    concatenated ``(B, G_f * D)``; ``"freq_stats"`` -> ``"freq"`` then ``LN(std_t x_{r,t})`` per row
-    ``(B, 2 * G_f * D)``. LN is a LayerNorm without affine parameters (what a fresh ``fc_norm`` computes)."""
-    b, n, d = tokens.shape
-    if pool == "mean":
-        return F.layer_norm(tokens.mean(1), (d,))
-    grid = tokens.reshape(b, grid_f, n // grid_f, d)
-    out = F.layer_norm(grid.mean(2), (d,)).flatten(1)
-    if pool == "freq_stats":
-        std = (grid.var(2) + 1e-6).sqrt()
-        out = torch.cat([out, F.layer_norm(std, (d,)).flatten(1)], dim=1)
-    return out
-
-
 @torch.no_grad()
 def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, pool: str | None = None) -> torch.Tensor:
     """Frozen clip embeddings from the patch tokens after encoder block ``layer`` (-1: the last), pooled by
-    ``pool`` (default: the classifier's own, ``clf.config.pool``; see :func:`pool_tokens`). For the last block with
+    ``pool`` (default: the classifier's own, ``clf.config.pool``; see :func:`~maskspec_fast.model.pool_patch_tokens`, with
+    parameter-free norms below the last block). For the last block with
     the classifier's own pooling this is exactly ``clf.embed`` (its ``fc_norm``/``std_norm``)."""
     clf.eval()
     depth = len(clf.blocks)
@@ -437,7 +432,7 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, po
     try:
         clf.blocks = full[: layer + 1]  # the same forward, stopped after block `layer`
         for i in range(0, x.shape[0], batch):
-            outs.append(pool_tokens(clf.forward_features(x[i : i + batch])[:, 1:], gf, pool))
+            outs.append(pool_patch_tokens(clf.forward_features(x[i : i + batch])[:, 1:], gf, pool))
     finally:
         clf.blocks = full
     return torch.cat(outs)
@@ -446,7 +441,7 @@ def embed(clf: Classifier, x: torch.Tensor, batch: int = 64, layer: int = -1, po
 @torch.no_grad()
 def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[tuple[int, str], torch.Tensor]:
     """Every block's pooled tokens in one forward pass (forward hooks on the blocks): ``{(layer, pool): (N, ...)}``
-    for every pool of ``POOLS``, pooled by :func:`pool_tokens` (parameter-free LayerNorm, also for the last block)."""
+    for every pool of ``POOLS``, pooled by ``pool_patch_tokens`` (parameter-free LayerNorm, also for the last block)."""
     clf.eval()
     gf = x.shape[1] // clf.config.patch_size
     outs: dict[tuple[int, str], list[torch.Tensor]] = {}
@@ -454,7 +449,7 @@ def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[
     def hook(i):
         def fn(_module, _inp, out):
             for pool in POOLS:
-                outs.setdefault((i, pool), []).append(pool_tokens(out[:, 1:], gf, pool))
+                outs.setdefault((i, pool), []).append(pool_patch_tokens(out[:, 1:], gf, pool))
         return fn
 
     handles = [blk.register_forward_hook(hook(i)) for i, blk in enumerate(clf.blocks)]
@@ -467,6 +462,19 @@ def embed_all_layers(clf: Classifier, x: torch.Tensor, batch: int = 64) -> dict[
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
+def cross_validated_probe(feats: dict[int, torch.Tensor], labels: dict[int, torch.Tensor], test_folds: list[int],
+                          num_classes: int, l2: float, iters: int) -> list[float]:
+    """Accuracy on each of ``test_folds`` of :func:`linear_probe` trained on all other folds of ``feats``
+    (``{fold: (N_k, D)}``, labels ``{fold: (N_k,)}``), in ``test_folds`` order."""
+    accs = []
+    for k in test_folds:
+        tr = [j for j in sorted(feats) if j != k]
+        pred = linear_probe(torch.cat([feats[j] for j in tr]), torch.cat([labels[j] for j in tr]), feats[k],
+                            num_classes, l2, iters)
+        accs.append(float((pred == labels[k]).float().mean()))
+    return accs
+
+
 def probe_sweep(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, torch.Tensor]], num_classes: int,
                 args: argparse.Namespace, test_folds: list[int]) -> dict[str, dict[str, float]]:
     """Linear-probe accuracy for every (encoder, block, pooling): ``{"pretrained/L2/freq": {"mean", "std",
@@ -477,12 +485,8 @@ def probe_sweep(models: dict[str, Model], folds: dict[int, tuple[torch.Tensor, t
         clf = Classifier.from_model(m, num_classes)
         feats = {k: embed_all_layers(clf, folds[k][0]) for k in keys}
         for key in feats[keys[0]]:
-            accs = []
-            for k in test_folds:
-                tr = [j for j in keys if j != k]
-                pred = linear_probe(torch.cat([feats[j][key] for j in tr]), torch.cat([folds[j][1] for j in tr]),
-                                    feats[k][key], num_classes, args.probe_l2, args.probe_iters)
-                accs.append(float((pred == folds[k][1]).float().mean()))
+            accs = cross_validated_probe({k: f[key] for k, f in feats.items()}, {k: y for k, (_, y) in folds.items()},
+                                         test_folds, num_classes, args.probe_l2, args.probe_iters)
             name = f"{init}/L{key[0]}/{key[1]}"
             out[name] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                          "per_fold": dict(zip(map(str, test_folds), accs))}
@@ -629,11 +633,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           + (f" ({n_silent} silent windows dropped: digital silence or padding)" if n_silent else ""))
     print(f"labeled:   {labeled_desc} -> {n_labeled} clips, {len(class_names)} classes, folds {args.folds}")
 
-    config = ModelConfig(
-        frames=frames, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
-        decoder_embed_dim=args.decoder_dim, decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads,
-        mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix, preset="custom",
-    )
+    config = model_config(args, frames)
     torch.manual_seed(args.seed)
     model = Model(config)
     random_model = Model(config)

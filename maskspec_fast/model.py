@@ -272,6 +272,43 @@ def _fit_pos_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[st
     return out
 
 
+def pool_patch_tokens(tokens: torch.Tensor, grid_f: int, pool: str, keep: torch.Tensor | None = None,
+                      mean_norm: nn.Module | None = None, std_norm: nn.Module | None = None) -> torch.Tensor:
+    """The Classifier's pooling of patch tokens ``(B, L, D)`` (row-major over ``(G_f, G_t)``) into a clip embedding:
+
+    * ``"mean"``: ``N_m(mean_l x_l)`` ``(B, D)``;
+    * ``"freq"``: per frequency row ``r``, ``N_m(mean_t x_{r,t})``, rows concatenated ``(B, G_f * D)``;
+    * ``"freq_stats"``: ``"freq"`` followed by ``N_s(std_t x_{r,t})`` per row ``(B, 2 * G_f * D)``
+      (``sqrt(var + 1e-6)``, the unbiased variance over the row's valid time columns; 0 where a row has one).
+
+    ``keep (B, L)``: valid tokens (padding-aware means; structured patchout keeps whole columns, so rows stay
+    rows). ``N_m`` / ``N_s``: the Classifier's ``fc_norm`` / ``std_norm``; default a LayerNorm without affine
+    parameters (eps 1e-5), for pooling tokens of any block without a model's norms (probes).
+    """
+    b, n, d = tokens.shape
+    plain = lambda v: torch.nn.functional.layer_norm(v, (d,))  # noqa: E731
+    mean_norm, std_norm = mean_norm or plain, std_norm or plain
+    w = None if keep is None else keep.unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
+    if pool == "mean":
+        return mean_norm(tokens.mean(1) if w is None else (tokens * w).sum(1) / w.sum(1))
+    grid = tokens.reshape(b, grid_f, n // grid_f, d)  # (B, G_f, G_t, D)
+    if w is None:
+        rows = grid.mean(2)  # (B, G_f, D)
+        var = (grid - rows.unsqueeze(2)).square().sum(2) / max(grid.shape[2] - 1, 1) \
+            if pool == "freq_stats" else None  # unbiased; 0 (not NaN) for a single column
+    else:
+        w = w.reshape(b, grid_f, -1, 1)
+        count = w.sum(2)  # (B, G_f, 1)
+        rows = (grid * w).sum(2) / count
+        var = (w * (grid - rows.unsqueeze(2)).square()).sum(2) / (count - 1).clamp_min(1) \
+            if pool == "freq_stats" else None
+    out = mean_norm(rows).flatten(1)  # (B, G_f * D)
+    if pool == "freq_stats":
+        std = (var + 1e-6).sqrt()  # eps: a finite gradient where a row is constant
+        out = torch.cat([out, std_norm(std).flatten(1)], dim=1)  # (B, 2 * G_f * D)
+    return out
+
+
 _POOLING_PREFIXES = ("head.", "fc_norm.", "std_norm.")  # the Classifier's own layers: never from pre-training
 
 
@@ -346,32 +383,12 @@ class Classifier(_Encoder):
         return torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
 
     def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Clip embedding ``(B, config.pooled_dim)`` from the (valid) patch tokens, by ``config.pool``:
-
-        * ``"mean"``: ``fc_norm(mean_l x_l)`` ``(B, D)``;
-        * ``"freq"``: per frequency row ``r``, ``fc_norm(mean_t x_{r,t})``, rows concatenated ``(B, G_f * D)``;
-        * ``"freq_stats"``: ``"freq"`` followed by ``std_norm(std_t x_{r,t})`` per row ``(B, 2 * G_f * D)``
-          (``sqrt(var + 1e-6)``, the unbiased variance over the row's valid time columns; 0 where a row has one).
-        """
+        """Clip embedding ``(B, config.pooled_dim)`` from the (valid) patch tokens, pooled by ``config.pool``
+        (:func:`pool_patch_tokens` with this model's ``fc_norm`` / ``std_norm``)."""
         x, pad = self._features(spec, lengths)
-        tokens = x[:, 1:]  # (B, L, D)
-        b, n, d = tokens.shape
-        keep = None if pad is None else (~pad[:, 1:]).unsqueeze(-1).to(tokens.dtype)  # (B, L, 1)
-        if not self.config.pool_rows:
-            return self.fc_norm(tokens.mean(dim=1) if keep is None else (tokens * keep).sum(1) / keep.sum(1))
-        gf = self.config.grid_f
-        if keep is None:
-            keep = torch.ones(b, n, 1, dtype=tokens.dtype, device=tokens.device)
-        # tokens are row-major over (G_f, G_t'): structured patchout keeps whole columns, so rows stay rows
-        grid, w = tokens.reshape(b, gf, -1, d), keep.reshape(b, gf, -1, 1)  # (B, G_f, G_t', D), (B, G_f, G_t', 1)
-        count = w.sum(2)  # (B, G_f, 1)
-        rows = (grid * w).sum(2) / count  # (B, G_f, D)
-        out = self.fc_norm(rows).flatten(1)  # (B, G_f * D)
-        if self.config.pool == "freq_stats":
-            var = (w * (grid - rows.unsqueeze(2)).square()).sum(2) / (count - 1).clamp_min(1)
-            std = (var + 1e-6).sqrt()  # eps: a finite gradient where a row is constant
-            out = torch.cat([out, self.std_norm(std).flatten(1)], dim=1)  # (B, 2 * G_f * D)
-        return out
+        keep = None if pad is None else ~pad[:, 1:]  # (B, L)
+        return pool_patch_tokens(x[:, 1:], self.config.grid_f, self.config.pool, keep, self.fc_norm,
+                                 getattr(self, "std_norm", None))
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(spec, lengths))  # (B, num_classes)
@@ -500,4 +517,4 @@ def encoder_parameter_count(model: Model) -> int:
     )
 
 
-__all__ = ["Classifier", "Model", "check_spec", "encoder_parameter_count"]
+__all__ = ["Classifier", "Model", "check_spec", "encoder_parameter_count", "pool_patch_tokens"]

@@ -76,3 +76,19 @@ def test_freq_stats_classifier_starts_from_a_pretrained_model_with_fresh_pooling
     again = Classifier.from_pretrained(tmp_path / "c")
     assert again.config.pool == "freq_stats"
     torch.testing.assert_close(again.std_norm.weight, clf.std_norm.weight)
+
+
+@pytest.mark.parametrize("pool", ["mean", "freq", "freq_stats"])
+def test_pooling_without_padding_equals_the_padding_aware_branch_with_every_token_kept(pool):
+    from maskspec_fast.model import pool_patch_tokens
+
+    gf, gt, d = 8, int(torch.randint(1, 7, ())), 12
+    tokens = torch.randn(3, gf * gt, d) * 2 + 1
+    fast = pool_patch_tokens(tokens, gf, pool)
+    masked = pool_patch_tokens(tokens, gf, pool, keep=torch.ones(3, gf * gt, dtype=torch.bool))
+    assert fast.shape == masked.shape and torch.isfinite(fast).all()  # one time column: std 0, not NaN
+    torch.testing.assert_close(fast, masked, atol=1e-5, rtol=1e-5)
+    if pool == "freq_stats":  # the std half against torch's unbiased std (one column: defined as 0)
+        std = tokens.reshape(3, gf, gt, d).std(2) if gt > 1 else torch.zeros(3, gf, d)
+        ref = torch.nn.functional.layer_norm((std.square() + 1e-6).sqrt(), (d,)).flatten(1)
+        torch.testing.assert_close(fast[:, gf * d:], ref, atol=1e-4, rtol=1e-4)
