@@ -51,7 +51,7 @@ bench: install
 	$(VPY) benchmarks/frontend.py
 
 lint: install
-	$(VPY) -m ruff check maskspec_fast tests benchmarks
+	$(VPY) -m ruff check maskspec_fast tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) $(TRITON_LATEST_VENV) build *.egg-info runs

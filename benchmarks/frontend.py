@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import git_commit  # noqa: E402
 
 from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, MelSettings, kaldi_mel_banks  # noqa: E402
 
@@ -109,14 +110,6 @@ def time_passes(make_iter, audio_seconds: float, passes: int, sync) -> list[floa
         if p > 0:
             rates.append(audio_seconds / dt)
     return rates
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return None
 
 
 def main(argv=None) -> int:

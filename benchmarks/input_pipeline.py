@@ -145,7 +145,7 @@ def _repeat_pattern(spec: str, times: int) -> str:
 def _batches(name: str, spec: str, workers: int, batch: int, clip_seconds: float, seed: int):
     """An endless-enough iterator of waveform batches for one source, as training would draw them."""
     if spec.startswith("webdataset:"):
-        from maskspec_fast.train.stream_input import StreamInput
+        from maskspec_fast.train.inputs import StreamInput
 
         src = build_dataset(_repeat_pattern(spec, 200), clip_seconds=clip_seconds, train=True, seed=seed)
         per_rank = src.batches_per_rank(batch)

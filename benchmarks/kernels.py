@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from _common import COMPILE_BACKENDS, RowSink, compile_fn  # noqa: E402
+from _common import COMPILE_BACKENDS, RowSink, compile_fn, git_commit  # noqa: E402
 
 from maskspec_fast.config import ModelConfig  # noqa: E402
 from maskspec_fast.ops._triton_utils import interpret_mode  # noqa: E402
@@ -53,15 +52,6 @@ class Row:
     p80_ms: float
     gbps: float
     pct_copy_bw: float | None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _quantiles(times_ms: list[float]) -> tuple[float, float, float]:
@@ -247,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     cases = build_cases(batch, dtype, device, args.preset, args.frames)
     sink = RowSink(args.rows_file, "kernels", {
-        "device": device_name, "torch": torch.__version__, "triton": _triton_version(), "commit": _git_commit(),
+        "device": device_name, "torch": torch.__version__, "triton": _triton_version(), "commit": git_commit(),
         "dtype": str(dtype).replace("torch.", ""), "batch": batch, "preset": args.preset, "frames": args.frames, "num_warm_iter": warm,
         "num_bench_iter": iters, "copy_bandwidth_gbps": copy_bw, "compile_backend": args.compile_backend,
         "shapes": {op: cases[op]["shape"] for op in args.ops.split(",")}})
@@ -278,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             "device_type": device.type,
             "torch": torch.__version__,
             "triton": _triton_version(),
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "dtype": str(dtype).replace("torch.", ""),
             "batch": batch,
             "preset": args.preset,

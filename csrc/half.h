@@ -1,6 +1,6 @@
 // 16-bit float -> fp32 without any library: the extension stores 16-bit tensors as raw uint16 and does all
 // arithmetic in fp32. Widening is exact for every bit pattern (normals, subnormals, infinities, NaNs); the
-// extension never narrows (16-bit outputs are raw copies of 16-bit inputs, targets are fp32).
+// extension never narrows (16-bit outputs are raw copies of 16-bit inputs).
 #pragma once
 
 #include <cstdint>

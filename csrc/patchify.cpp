@@ -215,15 +215,12 @@ int resolve_threads(int num_threads, int64_t ntask) {
 template <Kind K> struct Elem;
 template <> struct Elem<Kind::F32> {
   using T = float;
-  static float f(T x) { return x; }
 };
 template <> struct Elem<Kind::F16> {
   using T = uint16_t;
-  static float f(T x) { return fp16_to_float(x); }
 };
 template <> struct Elem<Kind::BF16> {
   using T = uint16_t;
-  static float f(T x) { return bf16_to_float(x); }
 };
 
 // One task = one batch item x one patch row i x a chunk of up to kChunk patches along time. P > 0 fixes

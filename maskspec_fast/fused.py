@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ops.attention import choose_attention_backend
+from .ops.attention import choose_attention_backend, packed_attention
 from .ops.gather import gather_visible_ref, unshuffle_ref
 from .ops.masked_mse import masked_mse_on_masked_ref, masked_mse_ref
 from .ops.masking import masking_ids
@@ -44,7 +44,7 @@ _TRITON_OPS = ("gather_visible", "unshuffle", "masked_mse", "masked_mse_on_maske
 class OpTable:
     """The callables a model runs, plus ``report``: op name -> "implementation (reason)" for the ops it uses."""
 
-    attention_backend: str
+    attention: Callable[..., torch.Tensor]
     patchify: Callable[..., torch.Tensor] = patchify_ref
     patch_tokens: Callable[..., torch.Tensor] = patch_tokens_ref
     masking: Callable[..., tuple[torch.Tensor, ...]] = masking_ids
@@ -55,13 +55,12 @@ class OpTable:
     report: dict[str, str] = field(default_factory=dict)
 
 
-OpSet = OpTable  # the name of earlier versions
 
 
 def resolve(fused: bool, used: Sequence[str] = OPS) -> OpTable:
     """The op table for the plain (``fused=False``) or fused path; ``report`` covers the ``used`` ops only."""
     attn, why = choose_attention_backend(fused)
-    table = OpTable(attention_backend=attn)
+    table = OpTable(attention=packed_attention(attn))
     report = {name: "reference (plain path)" for name in OPS}
     report["attention"] = f"{attn} ({why})"
     report["masking"] = "reference (index bookkeeping; the same on both paths)"
@@ -99,4 +98,4 @@ def _use_patchify_ext(table: OpTable) -> dict[str, str]:
             "patch_tokens": f"Linear on the fused patches (one read of the input for tokens and targets; {status})"}
 
 
-__all__ = ["CLASSIFIER_OPS", "OPS", "PRETRAIN_OPS", "OpSet", "OpTable", "resolve"]
+__all__ = ["CLASSIFIER_OPS", "OPS", "PRETRAIN_OPS", "OpTable", "resolve"]

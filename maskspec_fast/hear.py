@@ -41,13 +41,13 @@ HOP_MS = FRAME_MS  # one log-mel frame = 320 samples at 32 kHz (the front end's 
 
 @lru_cache(maxsize=16)
 def _polyphase_bank(up: int, down: int) -> tuple[np.ndarray, int]:
-    """The ``up`` sub-filters of ``up * h`` (``h`` = :func:`maskspec_fast.frontend.audio._lowpass`) as rows of
+    """The ``up`` sub-filters of ``up * h`` (``h`` = :func:`maskspec_fast.frontend.filters.polyphase_lowpass`) as rows of
     ``W (up, span)`` and the input offset ``base``: output ``m = r + up*q`` is
     ``y[m] = sum_i W[r, i] * x[q*down + base + i]``, i.e. ``sum_k x[k] * up * h[m*down - k*up + c]`` with ``c`` the
     centre tap: scipy's ``resample_poly`` on the zero-stuffed signal, computed only where it is kept."""
-    from .frontend.audio import _lowpass
+    from .frontend.filters import polyphase_lowpass
 
-    h = _lowpass(up, down) * up
+    h = polyphase_lowpass(up, down) * up
     c = (h.size - 1) // 2
     r = np.arange(up)
     k_lo = -((c - r * down) // up)  # ceil((r*down - c) / up)

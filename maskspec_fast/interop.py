@@ -172,11 +172,6 @@ def _state_and_rest(path: str | os.PathLike, obj: Any) -> tuple[dict[str, torch.
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}, rest
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict inside a ``.pth`` (``{"model": sd}``, ``{"state_dict": sd}`` or a bare sd), our layout."""
-    return read_mae_checkpoint(path).state
-
-
 def read_mae_checkpoint(path: str | os.PathLike, producer: str = "auto") -> MaeCheckpoint:
     """Read a MAE-family ``.pth`` safely and convert it to MaskSpec layout.
 
@@ -332,13 +327,13 @@ def save_mae_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike)
 
 def pretrain_from_mae(cls: type, path: str | os.PathLike, fused: bool | None, producer: str, overrides: dict) -> Any:
     """``Model.from_mae_checkpoint``: a pre-training model from a MAE-family ``.pth`` (strict load)."""
-    from .model import _fit_pos_tables
+    from .ops.pos_embed import fit_pos_tables
 
     ck = read_mae_checkpoint(path, producer)
     check_pretrain_decoder(ck)
     model = cls(infer_config(ck.state, **{**config_overrides_from_args(ck.args), **overrides}), fused=fused)
     try:
-        model.load_state_dict(_fit_pos_tables(ck.state, model), strict=True)
+        model.load_state_dict(fit_pos_tables(ck.state, model), strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: does not match a MaskSpec pre-training model ({e})") from e
     model.source = {"path": str(path), "producer": ck.producer, "epoch": ck.epoch}
@@ -350,7 +345,7 @@ def classifier_from_mae(
 ) -> Any:
     """``Classifier.from_mae_checkpoint``: a fine-tuned ViT (``fc_norm`` + ``head``) loads whole when
     ``num_classes`` matches or is None; otherwise (pre-training checkpoints) the encoder loads, the head is new."""
-    from .model import _fit_pos_tables
+    from .ops.pos_embed import fit_pos_tables
 
     ck = read_mae_checkpoint(path, producer)
     state = ck.state
@@ -362,7 +357,7 @@ def classifier_from_mae(
     if head is not None and head.shape[0] == n and "fc_norm.weight" in state:
         own = {k: v for k, v in state.items() if k in clf.state_dict()}
         try:
-            clf.load_state_dict(_fit_pos_tables(own, clf), strict=True)
+            clf.load_state_dict(fit_pos_tables(own, clf), strict=True)
         except RuntimeError as e:
             raise ValueError(f"{path}: does not match a MaskSpec Classifier ({e})") from e
     else:

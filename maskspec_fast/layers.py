@@ -1,10 +1,12 @@
 """Transformer building blocks with timm's module names (so MAE/timm checkpoints load with strict=True)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
-from .ops.attention import attention, flash_attention_packed
+from .ops.attention import packed_attention
 
 
 class PatchEmbed(nn.Module):
@@ -40,22 +42,19 @@ class DropPath(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with one fused QKV projection (timm names ``qkv``, ``proj``)."""
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "reference"):
+    def __init__(self, dim: int, num_heads: int, attend: Callable[..., torch.Tensor] | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.backend = backend
+        # the op table's attention: (qkv (B, N, 3, H, hd), key_padding_mask) -> (B, N, H, hd)
+        self.attend = attend or packed_attention("reference")
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, hd)
-        if self.backend == "flash_attn":  # the packed layout is what flash-attn reads: no permute, no copy
-            return self.proj(flash_attention_packed(qkv, key_padding_mask).reshape(b, n, d))
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
-        out = attention(q, k, v, key_padding_mask, backend=self.backend)  # (B, H, N, hd)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+        return self.proj(self.attend(qkv, key_padding_mask).reshape(b, n, d))  # (B, N, H, hd) -> (B, N, D)
 
 
 class Mlp(nn.Module):
@@ -79,11 +78,11 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         eps: float = 1e-6,
         drop_path: float = 0.0,
-        backend: str = "reference",
+        attend: Callable[..., torch.Tensor] | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, backend)
+        self.attn = Attention(dim, num_heads, attend)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))

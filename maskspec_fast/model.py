@@ -15,7 +15,7 @@ from .config import ModelConfig
 from .layers import Block, PatchEmbed, init_weights
 from .ops.masking import num_visible
 from .ops.patchify import as_image
-from .ops.pos_embed import resize_pos_embed, sincos_2d
+from .ops.pos_embed import fit_pos_tables, resize_pos_embed, sincos_2d
 from .serialization import load_dir, save_dir
 
 
@@ -43,7 +43,7 @@ def check_spec(spec: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 class _Encoder(nn.Module):
     """Shared ViT encoder parts (timm names): patch_embed, cls_token, pos_embed, blocks."""
 
-    def _build_encoder(self, config: ModelConfig, attn_backend: str, learn_pos: bool) -> None:
+    def _build_encoder(self, config: ModelConfig, attend, learn_pos: bool) -> None:
         c = config
         self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
@@ -52,7 +52,7 @@ class _Encoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(c.embed_dim, c.grid_size).unsqueeze(0), requires_grad=learn_pos)
         dpr = torch.linspace(0, c.drop_path_rate, c.depth).tolist()
         self.blocks = nn.ModuleList(
-            [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, dpr[i], attn_backend) for i in range(c.depth)]
+            [Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.norm_eps, dpr[i], attend) for i in range(c.depth)]
         )
 
     def encoder_pos(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -79,7 +79,7 @@ class Model(_Encoder):
         self.config = c = config
         self.fused = _resolve_fused(fused)
         self.ops = fused_ops.resolve(self.fused, fused_ops.PRETRAIN_OPS)
-        self._build_encoder(c, self.ops.attention_backend, learn_pos=False)
+        self._build_encoder(c, self.ops.attention, learn_pos=False)
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
@@ -88,7 +88,7 @@ class Model(_Encoder):
         )
         self.decoder_blocks = nn.ModuleList(
             [
-                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.norm_eps, 0.0, self.ops.attention_backend)
+                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.norm_eps, 0.0, self.ops.attention)
                 for _ in range(c.decoder_depth)
             ]
         )
@@ -234,7 +234,7 @@ class Model(_Encoder):
             raise ValueError(f"{directory}: holds a {meta.get('model_type')!r} model, not a pre-training Model")
         config = ModelConfig.from_dict({**meta["config"], **overrides})
         model = cls(config, fused=fused)
-        model.load_state_dict(_fit_pos_tables(state, model), strict=True)
+        model.load_state_dict(fit_pos_tables(state, model), strict=True)
         return model
 
     @classmethod
@@ -255,21 +255,6 @@ class Model(_Encoder):
 def _repeat_clips(x: torch.Tensor, m: int) -> torch.Tensor:
     """``(B, ...)`` -> ``(B*m, ...)`` with each clip's copies adjacent (no copy when m == 1)."""
     return x if m == 1 else x.repeat_interleave(m, dim=0)
-
-
-def _fit_pos_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Resize positional tables of a checkpoint made for another grid (e.g. 992 vs 1000 frames) to the model's."""
-    own = model.state_dict()
-    out = dict(state)
-    for key in ("pos_embed", "decoder_pos_embed"):
-        if key in state and key in own and state[key].shape != own[key].shape:
-            src, dst = state[key], own[key]
-            gf = model.config.grid_f
-            old_l = src.shape[1] - 1
-            if old_l % gf:
-                raise ValueError(f"{key}: {old_l} positions do not fit {gf} frequency rows")
-            out[key] = resize_pos_embed(src, (gf, old_l // gf), model.config.grid_size).to(dst.dtype)
-    return out
 
 
 def pool_patch_tokens(tokens: torch.Tensor, grid_f: int, pool: str, keep: torch.Tensor | None = None,
@@ -328,7 +313,7 @@ class Classifier(_Encoder):
         self.patchout = patchout
         self.fused = _resolve_fused(fused)
         self.ops = fused_ops.resolve(self.fused, fused_ops.CLASSIFIER_OPS)
-        self._build_encoder(c, self.ops.attention_backend, learn_pos=True)
+        self._build_encoder(c, self.ops.attention, learn_pos=True)
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         if c.pool == "freq_stats":
             self.std_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
@@ -419,7 +404,7 @@ class Classifier(_Encoder):
         """
         own = self.state_dict()
         enc = {k: v for k, v in state.items() if k in own and not k.startswith(_POOLING_PREFIXES)}
-        enc = _fit_pos_tables(enc, self)
+        enc = fit_pos_tables(enc, self)
         missing = [k for k in own if not k.startswith(_POOLING_PREFIXES) and k not in enc]
         if missing:
             raise ValueError(f"pre-trained state lacks encoder weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
@@ -477,7 +462,7 @@ class Classifier(_Encoder):
             clf = cls(config, n, fused=fused)
             same_pool = config.pool == meta["config"].get("pool", "mean")
             if n == meta["num_classes"] and same_pool:  # else the head does not fit: encoder only, new head
-                clf.load_state_dict(_fit_pos_tables(state, clf), strict=True)
+                clf.load_state_dict(fit_pos_tables(state, clf), strict=True)
             else:
                 clf.load_encoder(state)
             return clf

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .ops.masked_mse import NORM_PIX_EPS
-from .ops.patchify import patchify, unpatchify
+from .ops.patchify import patchify_ref, unpatchify
 
 
 def reconstruction_image(
@@ -16,7 +16,7 @@ def reconstruction_image(
     """One clip: spec ``(F, T)``, pred ``(L, p*p)``, mask ``(L,)`` -> (input, masked input with NaN holes,
     reconstruction = visible input + de-normalized predictions in the masked patches), each ``(F', T')``."""
     spec = spec.detach().float().cpu()
-    p = patchify(spec.unsqueeze(0), patch)[0]  # (L, p*p)
+    p = patchify_ref(spec.unsqueeze(0), patch)[0]  # (L, p*p)
     grid = (spec.shape[0] // patch, spec.shape[1] // patch)
     pr = pred.detach().float().cpu()
     if norm_pix:  # predictions live in per-patch normalized units: map back with the true patch statistics

@@ -1,4 +1,4 @@
-"""Pieces of the real-recordings evaluation-set builder (benchmarks/build_real_eval.py) that need no Debian
+"""Pieces of the real-recordings evaluation-set builder (experiments/build_real_eval.py) that need no Debian
 package: the MIDI writer, the source -> fold assignment and the clear failure when a package is missing."""
 import struct
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import build_real_eval as B  # noqa: E402
 
 

@@ -11,8 +11,9 @@ from maskspec_fast.frontend.logmel import SAMPLE_RATE, LogMel, mel_scale, num_fr
 pytest.importorskip("nvidia.dali")
 sf = pytest.importorskip("soundfile")
 
-from maskspec_fast.data.dali_loader import AudioDecodeError, DaliAudioLoader  # noqa: E402
+from maskspec_fast.data.dali_loader import DaliAudioLoader  # noqa: E402
 from maskspec_fast.data.order import rank_share  # noqa: E402
+from maskspec_fast.frontend.audio import AudioFileError  # noqa: E402
 from maskspec_fast.frontend.dali import dali_available, resampling_kernel  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -215,7 +216,7 @@ def test_corrupt_file_raises_or_is_skipped(tmp_path):
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really a wave file" * 4)
     items.insert(2, (str(bad), 999))
     for validate in (True, False):  # up-front header check, or the failure surfacing inside DALI
-        with pytest.raises(AudioDecodeError, match="broken.wav") as info:
+        with pytest.raises(AudioFileError, match="broken.wav") as info:
             list(DaliAudioLoader(items, batch_size=2, clip_seconds=0.5, validate=validate))
         assert info.value.paths == [str(bad)]
         loader = DaliAudioLoader(items, batch_size=2, clip_seconds=0.5, skip_bad_files=True, validate=validate)

@@ -166,7 +166,7 @@ def test_flash_attn_packing_and_varlen_plumbing(monkeypatch):
     fast = Classifier(c, 3, fused=False).eval()
     fast.load_state_dict(ref.state_dict())
     for blk in fast.blocks:
-        blk.attn.backend = "flash_attn"
+        blk.attn.attend = att.packed_attention("flash_attn")
     spec = torch.randn(3, 32, 128)
     lengths = torch.tensor([128, 70, 33])
     torch.testing.assert_close(fast(spec), ref(spec), rtol=1e-5, atol=1e-5)

@@ -4,10 +4,10 @@ import torch
 
 from maskspec_fast.ops import (
     gather_visible_ref,
-    masked_mse,
+    masked_mse_ref,
     normalize_patches,
     num_visible,
-    patchify,
+    patchify_ref,
     random_masking,
     sincos_2d,
     unpatchify,
@@ -20,7 +20,7 @@ from maskspec_fast.ops.pos_embed import resize_pos_embed
 @pytest.mark.parametrize("b,f,t,p", [(1, 16, 16, 16), (2, 128, 992, 16), (3, 32, 1000, 16), (1, 8, 13, 4)])
 def test_patchify_definition(b, f, t, p):
     spec = torch.randn(b, f, t)
-    out = patchify(spec, p)
+    out = patchify_ref(spec, p)
     gf, gt = f // p, t // p
     assert out.shape == (b, gf * gt, p * p)
     for _ in range(20):  # out[b, i*gt + j, u*p + v] = spec[b, i*p + u, j*p + v]
@@ -29,7 +29,7 @@ def test_patchify_definition(b, f, t, p):
         assert out[bi, i * gt + j, u * p + v] == spec[bi, i * p + u, j * p + v]
     back = unpatchify(out, (gf, gt), p)
     assert torch.equal(back, spec[:, : gf * p, : gt * p])
-    assert torch.equal(patchify(spec.unsqueeze(1), p), out)  # (B, 1, F, T) form
+    assert torch.equal(patchify_ref(spec.unsqueeze(1), p), out)  # (B, 1, F, T) form
 
 
 def test_patchify_matches_conv_patch_embedding():
@@ -37,15 +37,15 @@ def test_patchify_matches_conv_patch_embedding():
     conv = torch.nn.Conv2d(1, 7, 16, stride=16)
     spec = torch.randn(2, 1, 32, 50)
     ref = conv(spec).flatten(2).transpose(1, 2)
-    lin = patchify(spec) @ conv.weight.flatten(1).T + conv.bias
+    lin = patchify_ref(spec) @ conv.weight.flatten(1).T + conv.bias
     torch.testing.assert_close(lin, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_patchify_too_small_is_value_error():
     with pytest.raises(ValueError, match="smaller than one"):
-        patchify(torch.randn(1, 128, 15))
+        patchify_ref(torch.randn(1, 128, 15))
     with pytest.raises(ValueError, match="expected a spectrogram"):
-        patchify(torch.randn(128, 100))
+        patchify_ref(torch.randn(128, 100))
 
 
 def test_random_masking_hand_case():
@@ -90,11 +90,11 @@ def test_masked_mse_definition():
     mask[0, 0] = 1
     t = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
     expected = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
-    torch.testing.assert_close(masked_mse(pred, target, mask), expected)
+    torch.testing.assert_close(masked_mse_ref(pred, target, mask), expected)
     raw = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-    torch.testing.assert_close(masked_mse(pred, target, mask, norm_pix=False), raw)
+    torch.testing.assert_close(masked_mse_ref(pred, target, mask, norm_pix=False), raw)
     for dt in (torch.float16, torch.bfloat16):  # low-precision inputs, fp32 math
-        out = masked_mse(pred.to(dt), target.to(dt), mask)
+        out = masked_mse_ref(pred.to(dt), target.to(dt), mask)
         assert out.dtype == torch.float32 and torch.isfinite(out)
 
 
@@ -148,6 +148,6 @@ def test_sincos_table_and_resize():
 
 def test_unpatchify_infers_the_grid_from_mel_rows():
     spec = torch.randn(2, 128, 992)
-    assert torch.equal(unpatchify(patchify(spec)), spec)
+    assert torch.equal(unpatchify(patchify_ref(spec)), spec)
     with pytest.raises(ValueError, match="frequency rows"):
         unpatchify(torch.randn(1, 13, 256))

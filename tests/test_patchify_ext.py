@@ -14,8 +14,8 @@ import torch
 from torch.utils.dlpack import to_dlpack
 
 from maskspec_fast.layers import PatchEmbed
-from maskspec_fast.ops import patchify, unpatchify
 from maskspec_fast.ops import patchify_fused as pf
+from maskspec_fast.ops import patchify_ref, unpatchify
 
 C = pf._load_ext()
 needs_ext = pytest.mark.skipif(C is None, reason=f"maskspec_fast._C not built ({pf._ext_error})")
@@ -73,7 +73,7 @@ def test_patchify_matches_reference(b, f, t, p, dtype):
     x = _spec(b, f, t, dtype)
     patches = pf.patchify_fused(x, p)
     assert patches.dtype == dtype and patches.shape == (b, (f // p) * (t // p), p * p)
-    assert torch.equal(patches, patchify(x, p))
+    assert torch.equal(patches, patchify_ref(x, p))
 
 
 @needs_ext
@@ -83,7 +83,7 @@ def test_random_shapes_and_4d_input(dtype):
         b, f, t, p = _random_shape()
         x = _spec(b, 1, f * t, dtype).reshape(b, 1, f, t)  # (B, 1, F, T) image
         patches = pf.patchify_fused(x, p)
-        assert torch.equal(patches, patchify(x, p)), (b, f, t, p)
+        assert torch.equal(patches, patchify_ref(x, p)), (b, f, t, p)
 
 
 @needs_ext
@@ -91,7 +91,7 @@ def test_strided_inputs():
     x = _spec(3, 80, 300, torch.float32)
     for view in (x[:, 5:70, 7:290], x[::2], x[:, :, ::2], x.transpose(1, 2).contiguous().transpose(1, 2)):
         patches = pf.patchify_fused(view, 16)
-        assert torch.equal(patches, patchify(view, 16))
+        assert torch.equal(patches, patchify_ref(view, 16))
 
 
 @needs_ext
@@ -126,7 +126,7 @@ def test_results_independent_of_thread_count(dtype):
         img = _poisoned(b, f, t, dtype=dtype)
         C.unpatchify(to_dlpack(out), f // p, t // p, p, to_dlpack(img), threads)
         runs.append((out, img))
-    assert torch.equal(runs[0][0], patchify(x, p))
+    assert torch.equal(runs[0][0], patchify_ref(x, p))
     assert not runs[0][1].isnan().any()  # every image element written, dropped frames zero
     assert torch.equal(runs[0][1][:, :, 992:], torch.zeros(b, f, t - 992, dtype=dtype))
     for other in runs[1:]:
@@ -160,7 +160,7 @@ def test_gradient_matches_reference(shape, p, dtype):
     assert patches.requires_grad
     g = torch.randn_like(patches)
     (gx,) = torch.autograd.grad(patches, x, g)
-    (gx_ref,) = torch.autograd.grad(patchify(x_ref, p), x_ref, g)
+    (gx_ref,) = torch.autograd.grad(patchify_ref(x_ref, p), x_ref, g)
     assert gx.shape == x.shape and torch.equal(gx, gx_ref)  # zero in the dropped frames as well
 
 
@@ -255,7 +255,7 @@ def test_fallback_warns_once_and_matches_reference(monkeypatch):
         warnings.simplefilter("error")
         again = pf.patchify_fused(x, 16)
         img = pf.unpatchify_fused(patches.detach(), (2, 4), 16)
-    assert torch.equal(patches, patchify(x, 16)) and torch.equal(again, patches)
+    assert torch.equal(patches, patchify_ref(x, 16)) and torch.equal(again, patches)
     assert torch.equal(img, unpatchify(patches.detach(), (2, 4), 16))
     (gx,) = torch.autograd.grad(patches, x, torch.ones_like(patches))
     inside = torch.zeros_like(gx, dtype=torch.bool)
@@ -276,12 +276,12 @@ def test_triton_interpreter_matches_reference(dtype):
     b, f, t, p = 2, 20, 37, 8  # 2 x 4 grid, T not a multiple of p
     x = _spec(b, f, t, dtype)
     patches = tp.patchify_triton(x, p)
-    assert torch.equal(patches, patchify(x, p))
+    assert torch.equal(patches, patchify_ref(x, p))
     img = tp.unpatchify_triton(patches, f // p, t // p, p, f, t)
     assert torch.equal(img[:, :16, :32], unpatchify(patches, (2, 4), p))
     assert img[:, 16:].eq(0).all() and img[:, :, 32:].eq(0).all()
     odd = tp.patchify_triton(x[:, 1:, 2:], 5)  # non-power-of-2 patch: masked tile lanes, strided input
-    assert torch.equal(odd, patchify(x[:, 1:, 2:], 5))
+    assert torch.equal(odd, patchify_ref(x[:, 1:, 2:], 5))
 
 
 @pytest.mark.gpu
@@ -289,8 +289,8 @@ def test_triton_interpreter_matches_reference(dtype):
 def test_cuda_ops_match_reference(dtype):
     x = _spec(4, 128, 1000, dtype).cuda().requires_grad_()
     patches = pf.patchify_fused(x, 16)
-    assert torch.equal(patches, patchify(x, 16))
+    assert torch.equal(patches, patchify_ref(x, 16))
     g = torch.randn_like(patches)
     (gx,) = torch.autograd.grad(patches, x, g)
-    (gx_ref,) = torch.autograd.grad(patchify(x, 16), x, g)
+    (gx_ref,) = torch.autograd.grad(patchify_ref(x, 16), x, g)
     assert torch.equal(gx, gx_ref)

@@ -1,4 +1,4 @@
-"""benchmarks/probe_diagnostics.py: band pooling against a hand computation, and a tiny end-to-end run on a
+"""experiments/probe_diagnostics.py: band pooling against a hand computation, and a tiny end-to-end run on a
 built-in ESC-50-layout set (the fold bookkeeping of its rows)."""
 import json
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(BENCH))
 import probe_diagnostics as pd  # noqa: E402
 import ssl_eval  # noqa: E402

@@ -1,4 +1,4 @@
-"""Smoke test of the pre-training evaluation experiment (benchmarks/ssl_eval.py) with tiny settings, plus its
+"""Smoke test of the pre-training evaluation experiment (experiments/ssl_eval.py) with tiny settings, plus its
 pieces that can be checked exactly (linear probe, time-roll augmentation)."""
 import copy
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(BENCH))
 import ssl_eval  # noqa: E402
 
@@ -137,7 +137,7 @@ def test_probe_head_init_reproduces_the_probe():
     args = _args("--finetune-epochs", "0", "--val-fraction", "0")
     rec = ssl_eval.recipe_from_args(args).replace(epochs=1e-9)  # resolve() keeps one step; lr 0 below
     rec = rec.replace(lr=0.0, min_lr=0.0)
-    ssl_eval.finetune(clf, x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
+    ssl_eval.finetune(clf, x, y, rec, seed=5, num_classes=3)
     assert torch.equal(ssl_eval.logits_of(clf, x).argmax(-1), probe)
 
 
@@ -180,14 +180,14 @@ def test_refit_head_is_the_probe_on_all_training_clips_of_the_selected_encoder()
     x, y = torch.cat([folds[1][0], folds[2][0]]), torch.cat([folds[1][1], folds[2][1]])
     clf = Classifier.from_model(models["pretrained"], 3)
     want = torch.nn.Linear(clf.head.in_features, 3)
-    ssl_eval.recipes.set_head_from_probe(want, *ssl_eval.fit_probe(ssl_eval.embed(clf, x), y, 3, 1e-3, 30))
+    ssl_eval.recipes.set_head_from_probe(want, *ssl_eval.fit_probe(ssl_eval.embed(clf, x), y, 3, 1e-3, 200))
     rec = ssl_eval.recipe_from_args(_args()).replace(lr=0.0, min_lr=0.0, epochs=1.0, val_fraction=0.3,
                                                      refit_head=False)
-    report = ssl_eval.finetune(copy.deepcopy(clf), x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
+    report = ssl_eval.finetune(copy.deepcopy(clf), x, y, rec, seed=5, num_classes=3)
     assert report["val_clips"] > 0
     unfitted = copy.deepcopy(clf)
-    ssl_eval.finetune(unfitted, x, y, rec, 0.75, seed=5, head_init="probe", probe_iters=30)
-    ssl_eval.finetune(clf, x, y, rec.replace(refit_head=True), 0.75, seed=5, head_init="probe", probe_iters=30)
+    ssl_eval.finetune(unfitted, x, y, rec, seed=5, num_classes=3)
+    ssl_eval.finetune(clf, x, y, rec.replace(refit_head=True), seed=5, num_classes=3)
     torch.testing.assert_close(clf.head.weight, want.weight, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(unfitted.head.weight, want.weight, atol=1e-3)  # the fit-split probe differs
 

@@ -10,7 +10,7 @@ from audio_sets import encode, make_shards, tone
 
 from maskspec_fast.data import build_dataset
 from maskspec_fast.data.stream import shuffle_buffer
-from maskspec_fast.train.stream_input import StreamInput
+from maskspec_fast.train.inputs import StreamInput
 
 pytest.importorskip("webdataset")
 

@@ -403,4 +403,4 @@ def test_finetune_refit_head_changes_only_the_head_of_the_selected_checkpoint(tm
     for k in best:
         same = torch.equal(best[k], final[k])
         assert same != (refit and k.startswith("head.")), k  # with --refit-head only head.* differ
-    assert ("head refitted on all 60 clips" in log) == refit
+    assert ("head refitted on all 60 training clips" in log) == refit

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskspec_fast.ops import _triton_utils, patchify, unpatchify
+from maskspec_fast.ops import _triton_utils, patchify_ref, unpatchify
 
 pytestmark = pytest.mark.skipif(
     not (_triton_utils.HAS_TRITON and _triton_utils.interpret_mode()), reason="needs triton with TRITON_INTERPRET=1"
@@ -28,7 +28,7 @@ def test_patchify_and_unpatchify_match_reference(shape, dtype):
     gf, gt = f // p, t // p
     x = (torch.randn(b, f + 1, t) * 3 - 5).to(dtype)[:, 1:]  # a strided view (row stride T, batch (F+1)*T)
     patches = tp.patchify_triton(x, p)
-    ref = patchify(x, p)  # (B, L, p*p)
+    ref = patchify_ref(x, p)  # (B, L, p*p)
     assert torch.equal(patches, ref)
 
     img = tp.unpatchify_triton(patches, gf, gt, p, f, t)  # (B, F, T), zeros off the grid

@@ -16,13 +16,14 @@ index is drawn, nothing is dropped silently.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..frontend.audio import SAMPLE_RATE, AudioFileError, crop_or_pad, load_audio
+from .labels import class_balanced_weights, class_counts, class_weights, labels_tensor
 
 ON_ERROR = ("raise", "skip")
 
@@ -48,6 +49,8 @@ class AudioDataset(Dataset):
 
     multilabel: bool = False
     class_names: list[str] = []
+    streaming: bool = False  # a MapSource (maskspec_fast.data.interfaces); ShardStream overrides
+    provides: Literal["wave", "spec"] = "wave"
 
     def __init__(
         self,
@@ -84,37 +87,32 @@ class AudioDataset(Dataset):
             return hot  # (C,)
         return torch.tensor(int(label), dtype=torch.long)  # ()
 
+    def labels(self) -> torch.Tensor:
+        """Every clip's label without decoding audio: ``(N,)`` int64 (-1: unlabeled) or ``(N, C)`` float32
+        multi-hot for multi-label sets."""
+        return labels_tensor([self._label(i) for i in range(len(self))], self.num_classes, self.multilabel)
+
     def class_counts(self) -> torch.Tensor:
         """Clips per class ``(C,)`` int64 (a multi-label clip counts once for each of its classes)."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long)
-        for i in range(len(self)):
-            lab = self._label(i)
-            for c in lab if isinstance(lab, (list, tuple)) else [lab]:
-                if c >= 0:
-                    counts[c] += 1
-        return counts
+        return class_counts(self.labels(), self.num_classes)
 
     def class_weights(self, smoothing: float = 0.0) -> torch.Tensor:
-        """Inverse-frequency class weights ``w_c = 1 / (count_c + smoothing)``, ``(C,)`` float32, scaled so the
-        weights of the classes present average 1; absent classes get 0."""
-        counts = self.class_counts().double()
-        w = torch.where(counts > 0, 1.0 / (counts + smoothing), torch.zeros_like(counts))
-        present = counts > 0
-        if present.any():
-            w = w / w[present].mean()
-        return w.float()
+        """Inverse-frequency class weights ``(C,)`` float32 (:func:`class_weights`)."""
+        return class_weights(self.labels(), self.num_classes, smoothing).float()
 
     def sample_weights(self, smoothing: float = 0.0) -> torch.Tensor:
-        """Per-clip weights ``(N,)`` float64 for ``torch.utils.data.WeightedRandomSampler`` (class-balanced
-        sampling): ``s_i = sum_{c in labels(i)} w_c``; a clip without labels gets the smallest positive ``w_c``."""
-        w = self.class_weights(smoothing).double()
-        floor = float(w[w > 0].min()) if (w > 0).any() else 1.0
-        out = torch.empty(len(self), dtype=torch.float64)
-        for i in range(len(self)):
-            lab = self._label(i)
-            labs = [c for c in (lab if isinstance(lab, (list, tuple)) else [lab]) if c >= 0]
-            out[i] = float(w[labs].sum()) if labs else floor
-        return out
+        """Per-clip class-balanced draw weights ``(N,)`` float64 (:func:`class_balanced_weights`)."""
+        return class_balanced_weights(self.labels(), self.num_classes, smoothing)
+
+    def files(self) -> list[tuple[str, int | list[int]]] | None:
+        """``[(path, label)]`` for file-based sets (readable by DALI); None: clips are made in Python."""
+        return None
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> AudioDataset:
+        """The clips ``indices`` as a map-style source of their own (:class:`~maskspec_fast.data.subset.MapSubset`)."""
+        from .subset import MapSubset
+
+        return MapSubset(self, indices)
 
     # ------------------------------------------------------------------------------------------ loading
     def set_epoch(self, epoch: int) -> None:
@@ -149,21 +147,29 @@ class AudioDataset(Dataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} of {n} clips")
+        return self.sample(index)
+
+    def sample(self, index: int, pool: np.ndarray | None = None) -> dict[str, Any]:
+        """Clip ``index`` as a sample dict. With ``on_error="skip"`` a clip that fails to load is replaced by the
+        next one of ``pool`` that loads (``pool``: sorted ids replacements may come from, default every clip; a
+        subset passes its own ids, so a replacement never comes from outside it), wrapping around."""
         try:
             return self._sample(index)
         except AudioFileError as err:
             if self.on_error == "raise":
                 raise
             first = err
-        for k in range(1, n):
-            j = (index + k) % n
+        ids = np.arange(len(self)) if pool is None else np.asarray(pool)
+        pos = int(np.searchsorted(ids, index))
+        for k in range(1, len(ids)):
+            j = int(ids[(pos + k) % len(ids)])
             try:
                 sample = self._sample(j)
             except AudioFileError:
                 continue  # reported when its own index is drawn
             sample["replaced"], sample["replaced_reason"] = first.path, first.problem
             return sample
-        raise DatasetError(f"{type(self).__name__}: none of the {n} files could be loaded (first: {first})")
+        raise DatasetError(f"{type(self).__name__}: none of the {len(ids)} files could be loaded (first: {first})")
 
     def __repr__(self) -> str:
         return (
@@ -201,15 +207,20 @@ class FileDataset(AudioDataset):
     def paths(self) -> list[str]:
         return [p for p, _ in self.items]
 
+    def files(self) -> list[tuple[str, int | list[int]]]:
+        return list(self.items)
+
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples: ``wave (B, clip_samples)``, ``label (B,)`` int64 or ``(B, C)`` float32, ``index (B,)``
-    int64, ``path`` list[str], and ``replaced``: list of ``(bad_path, problem)`` for the samples that replaced a
-    bad file (empty when none), so the caller can count and log them."""
+    """Stack samples: ``wave (B, clip_samples)`` (or ``spec (B, n_mels, T)`` from log-mel sources), ``label (B,)``
+    int64 or ``(B, C)`` float32, ``index (B,)`` int64, ``path`` list[str], and ``replaced``: list of
+    ``(bad_path, problem)`` for the samples that replaced a bad file (empty when none), so the caller can count
+    and log them."""
     if len(batch) == 0:
         raise ValueError("collate got an empty batch")
+    key = "spec" if "spec" in batch[0] else "wave"
     return {
-        "wave": torch.stack([b["wave"] for b in batch]),
+        key: torch.stack([b[key] for b in batch]),
         "label": torch.stack([b["label"] for b in batch]),
         "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
         "path": [b["path"] for b in batch],
@@ -217,4 +228,6 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-__all__ = ["AudioDataset", "DatasetError", "FileDataset", "collate"]
+__all__ = ["AudioDataset", "DatasetError", "FileDataset", "class_balanced_weights", "class_counts", "class_weights",
+           "collate",
+           "labels_tensor"]

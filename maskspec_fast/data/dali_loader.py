@@ -29,8 +29,6 @@ from ..frontend.dali import (
 from ..frontend.logmel import LogMel, MelSettings, num_frames
 from .order import epoch_order, rank_share
 
-AudioDecodeError = AudioFileError  # the name earlier versions raised from the DALI loader
-
 
 def _decode_error(problem: str, paths: Sequence[str]) -> AudioFileError:
     return AudioFileError(paths[0] if len(paths) == 1 else ", ".join(paths), problem, paths)
@@ -202,10 +200,14 @@ class DaliAudioLoader:
 
     @classmethod
     def from_dataset(cls, dataset: Any, batch_size: int, **kwargs: Any) -> DaliAudioLoader:
-        """From a :mod:`maskspec_fast.data` set (``items``, ``num_classes``, ``multilabel``); kwargs as ``__init__``."""
-        if getattr(dataset, "multilabel", False):
+        """From a file-based :class:`~maskspec_fast.data.interfaces.MapSource` (``files()``, ``num_classes``,
+        ``multilabel``); kwargs as ``__init__``."""
+        files = dataset.files()
+        if files is None:
+            raise ValueError(f"DALI reads files; {type(dataset).__name__} makes its clips in Python")
+        if dataset.multilabel:
             kwargs.setdefault("num_classes", dataset.num_classes)
-        return cls(dataset.items, batch_size, **kwargs)
+        return cls(files, batch_size, **kwargs)
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -267,4 +269,4 @@ class DaliAudioLoader:
         self.epoch = epoch + 1
 
 
-__all__ = ["AudioDecodeError", "DaliAudioLoader"]
+__all__ = ["DaliAudioLoader"]

@@ -23,6 +23,7 @@ of workers; the package is used for its conventions (brace patterns, sample keys
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any, Sequence
@@ -32,6 +33,7 @@ import torch
 
 from ..frontend.audio import AudioFileError
 from .base import AudioDataset
+from .labels import labels_tensor
 from .order import epoch_order, per_rank, rank_share
 from .shards import ShardIndex, read_class_list, scan_shards
 
@@ -86,7 +88,8 @@ class ShardStream(AudioDataset):
             a set written by ``prepare`` keeps its source's kind).
         Other options as :class:`AudioDataset` (``clip_seconds``, ``train``, ``seed``, ``on_error``).
 
-    ``streaming = True`` tells the trainer to use :class:`~maskspec_fast.train.stream_input.StreamInput`.
+    A :class:`~maskspec_fast.data.interfaces.StreamSource` (``streaming = True``): the trainer reads it through
+    :class:`~maskspec_fast.train.inputs.StreamInput`.
     ``bad`` lists ``(shard:member, problem)`` found by the scan (``on_error="skip"``).
     """
 
@@ -197,6 +200,17 @@ class ShardStream(AudioDataset):
     def batches_per_rank(self, local_batch: int, world_size: int = 1) -> int:
         return per_rank(len(self), world_size) // local_batch
 
+    def problems(self) -> list[tuple[str, str]]:
+        """``(shard:member, problem)`` found by the shard scan (``on_error="skip"``)."""
+        return list(self.bad)
+
+    def labels(self) -> torch.Tensor:
+        return labels_tensor([self._label(i) for i in range(len(self))], self.num_classes, self.multilabel)
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> StreamSubset:
+        """The samples ``indices`` as a streaming source of their own (:class:`StreamSubset`)."""
+        return StreamSubset(self, indices)
+
     def iter_batches(
         self,
         epoch: int,
@@ -212,13 +226,11 @@ class ShardStream(AudioDataset):
         epoch (``stop`` defaults to every full batch); see :func:`~maskspec_fast.data.base.collate`."""
         self.set_epoch(epoch)  # crops from (seed, epoch, index), as on the map-style path
         ids = self.rank_order(epoch, rank, world_size)
-        full = len(ids) // local_batch
-        stop = full if stop is None else min(int(stop), full)
-        for j in range(start + worker, stop, num_workers):
-            yield self.batch(ids[j * local_batch : (j + 1) * local_batch])
+        return _batches_of(ids, local_batch, start, stop, worker, num_workers, self.batch)
 
-    def batch(self, ids: Sequence[int]) -> dict[str, Any]:
+    def batch(self, ids: Sequence[int], pool: np.ndarray | None = None) -> dict[str, Any]:
         """The collated batch of samples ``ids``: equal to ``collate([self[i] for i in ids])``, built faster.
+        ``pool``: the sorted ids a bad clip's replacement may come from (a subset's own; default every clip).
 
         Why: at prepared-shard speed, copies dominate (measured in-process: ``torch.stack`` of the per-clip tensors
         took half the time). Here ``wave (B, clip_samples)`` is allocated once and PCM16 WAV members at the model
@@ -252,7 +264,7 @@ class ShardStream(AudioDataset):
                 samples.append({"label": self._label_tensor(self._label(i)), "path": self.index.member(i),
                                 "index": i, "replaced": "", "replaced_reason": ""})
             else:
-                s = self[i]
+                s = self.sample(i, pool)
                 wave[r] = s["wave"]
                 samples.append(s)
         return {
@@ -264,4 +276,82 @@ class ShardStream(AudioDataset):
         }
 
 
-__all__ = ["ShardStream", "shuffle_buffer"]
+def _batches_of(ids: np.ndarray, local_batch: int, start: int, stop: int | None, worker: int, num_workers: int,
+                make_batch) -> Iterator[dict[str, Any]]:
+    """Batches ``j = start + worker, start + worker + num_workers, ... < stop`` of a rank's ids ``(n,)``: batch
+    ``j`` is ``make_batch(ids[j b : (j + 1) b])`` (``stop`` defaults to every full batch)."""
+    full = len(ids) // local_batch
+    stop = full if stop is None else min(int(stop), full)
+    for j in range(start + worker, stop, num_workers):
+        yield make_batch(ids[j * local_batch : (j + 1) * local_batch])
+
+
+class StreamSubset:
+    """The samples ``indices`` of a :class:`ShardStream` as a streaming source of their own.
+
+    Epoch ``e``'s order is the parent's order of ``e`` restricted to these samples (so reading still moves through
+    a few shards at a time), split over ranks and workers exactly as the parent splits its own; length, labels,
+    batches per rank and bad-clip replacement are this subset's. Scan problems of the parent's shards are reported
+    by the subset too (they belong to no clip of either).
+    """
+
+    streaming = True
+    provides = "wave"
+
+    def __init__(self, parent: ShardStream, indices: Sequence[int] | torch.Tensor):
+        from .subset import as_ids
+
+        self.parent = parent
+        self.ids = as_ids(indices, len(parent), "ShardStream")
+        self.clip_seconds, self.sample_rate = parent.clip_seconds, parent.sample_rate
+        self.multilabel, self.class_names = parent.multilabel, list(parent.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a subset of {len(self)} clips")
+        return self.parent.sample(int(self.ids[index]), pool=self.ids)
+
+    def labels(self) -> torch.Tensor:
+        return self.parent.labels()[torch.from_numpy(self.ids)]
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> StreamSubset:
+        from .subset import as_ids
+
+        return StreamSubset(self.parent, self.ids[as_ids(indices, len(self), "subset")])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.parent.set_epoch(epoch)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return self.parent.problems()
+
+    def global_order(self, epoch: int) -> np.ndarray:
+        """The parent's epoch order restricted to this subset's ids ``(len(self),)`` int64."""
+        order = self.parent.global_order(epoch)
+        return order[np.isin(order, self.ids)]
+
+    def rank_order(self, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        return np.asarray(rank_share(self.global_order(epoch).tolist(), rank, world_size), dtype=np.int64)
+
+    def batches_per_rank(self, local_batch: int, world_size: int = 1) -> int:
+        return per_rank(len(self), world_size) // local_batch
+
+    def iter_batches(self, epoch: int, local_batch: int, start: int = 0, stop: int | None = None, rank: int = 0,
+                     world_size: int = 1, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:
+        self.parent.set_epoch(epoch)
+        ids = self.rank_order(epoch, rank, world_size)
+        return _batches_of(ids, local_batch, start, stop, worker, num_workers,
+                           functools.partial(self.parent.batch, pool=self.ids))
+
+    def __repr__(self) -> str:
+        return f"StreamSubset({len(self)} of {self.parent!r})"
+
+
+__all__ = ["ShardStream", "StreamSubset", "shuffle_buffer"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .constants import AUDIO_EXTENSIONS, MIN_SAMPLES, SAMPLE_RATE
-from .filters import resampling_cutoff, windowed_sinc
+from .filters import polyphase_lowpass
 
 
 class AudioFileError(ValueError):
@@ -52,19 +52,13 @@ class AudioFileError(ValueError):
         return (type(self), (self.path, self.problem, self.paths))
 
 
-def _lowpass(up: int, down: int) -> np.ndarray:
-    """The FIR of a polyphase ``up/down`` resampler; it runs at ``orig * up`` Hz, so its cutoff is
-    ``ROLLOFF * min(orig, new) / (orig * up) = ROLLOFF / max(up, down)`` of that rate's Nyquist."""
-    return windowed_sinc(resampling_cutoff(down, up, up * down))  # up, down coprime: rate orig*up <-> up*down
-
-
 def _resample_np(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Polyphase resampling of a float array along its last axis (float64 inside)."""
     from scipy.signal import resample_poly
 
     g = math.gcd(orig_sr, new_sr)
     up, down = new_sr // g, orig_sr // g
-    return resample_poly(np.asarray(x, dtype=np.float64), up, down, axis=-1, window=_lowpass(up, down))
+    return resample_poly(np.asarray(x, dtype=np.float64), up, down, axis=-1, window=polyphase_lowpass(up, down))
 
 
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:

@@ -34,4 +34,12 @@ def resampling_cutoff(orig_sr: int, new_sr: int, rate: int) -> float:
     return ROLLOFF * min(orig_sr, new_sr) / rate
 
 
-__all__ = ["KAISER_BETA", "ROLLOFF", "ZERO_CROSSINGS", "resampling_cutoff", "windowed_sinc"]
+
+
+def polyphase_lowpass(up: int, down: int) -> np.ndarray:
+    """The FIR of a polyphase ``up/down`` resampler (``up``, ``down`` coprime); it runs at ``orig * up`` Hz, so its
+    cutoff is ``ROLLOFF * min(orig, new) / (orig * up) = ROLLOFF / max(up, down)`` of that rate's Nyquist."""
+    return windowed_sinc(resampling_cutoff(down, up, up * down))  # rate orig*up <-> up*down
+
+
+__all__ = ["KAISER_BETA", "ROLLOFF", "ZERO_CROSSINGS", "polyphase_lowpass", "resampling_cutoff", "windowed_sinc"]

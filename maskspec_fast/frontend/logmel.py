@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .constants import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH
+from .constants import HOP_LENGTH, N_FFT, N_MELS, PATCH_FRAMES, SAMPLE_RATE, WIN_LENGTH
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax
 def num_frames(num_samples: int, hop_length: int = HOP_LENGTH) -> int:
     """Frames of a centered STFT after the 2-tap pre-emphasis (N-1 samples): 1 + (N - 1) // hop (1000 for 10 s at 32 kHz)."""
     return 1 + (num_samples - 1) // hop_length
+
+
+def model_frames(num_samples: int, patch: int = PATCH_FRAMES) -> int:
+    """Frames a model built for clips of ``num_samples`` takes: :func:`num_frames` rounded down to whole patches
+    (the model drops the partial patch at the end; 992 for 10 s at 32 kHz)."""
+    return num_frames(num_samples) // patch * patch
 
 
 class LogMel(nn.Module):
@@ -144,4 +150,5 @@ def log_mel(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     return _DEFAULT[key](wave)
 
 
-__all__ = ["LogMel", "MelSettings", "kaldi_mel_banks", "log_mel", "mel_scale", "num_frames", "SAMPLE_RATE"]
+__all__ = ["LogMel", "MelSettings", "kaldi_mel_banks", "log_mel", "mel_scale", "model_frames", "num_frames",
+           "SAMPLE_RATE"]

@@ -3,9 +3,9 @@ lives in its own module beside them (``triton_gather``, ``triton_masked_mse``, `
 against these. :mod:`maskspec_fast.fused` puts one or the other into a model's op table."""
 from .attention import attention, attention_ref, choose_attention_backend
 from .gather import gather_visible_ref, unshuffle_ref
-from .masked_mse import masked_mse, masked_mse_on_masked_ref, masked_mse_ref, normalize_patches
+from .masked_mse import masked_mse_on_masked_ref, masked_mse_ref, normalize_patches
 from .masking import masking_ids, num_visible, random_masking
-from .patchify import as_image, patch_tokens_ref, patchify, patchify_ref, unpatchify
+from .patchify import as_image, patch_tokens_ref, patchify_ref, unpatchify
 from .pos_embed import resize_pos_embed, sincos_2d
 
 __all__ = [
@@ -14,14 +14,12 @@ __all__ = [
     "attention_ref",
     "choose_attention_backend",
     "gather_visible_ref",
-    "masked_mse",
     "masked_mse_on_masked_ref",
     "masked_mse_ref",
     "masking_ids",
     "normalize_patches",
     "num_visible",
     "patch_tokens_ref",
-    "patchify",
     "patchify_ref",
     "random_masking",
     "resize_pos_embed",

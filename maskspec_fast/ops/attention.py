@@ -6,8 +6,10 @@ Backends, best first: ``flash_attn`` (the flash-attn package; CUDA, fp16/bf16), 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,22 @@ def _flash(q, k, v, key_padding_mask=None):
 
 
 _BACKENDS = {"reference": attention_ref, "sdpa": _sdpa, "flash_attn": _flash}
+
+
+def _packed(qkv: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *, fn=attention_ref) -> torch.Tensor:
+    """``fn`` on a packed ``qkv`` ``(B, N, 3, H, d)``: split into (B, H, N, d) tensors, back to ``(B, N, H, d)``."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+    return fn(q, k, v, key_padding_mask).transpose(1, 2)
+
+
+def packed_attention(backend: str) -> Callable[..., torch.Tensor]:
+    """The op-table callable of ``backend``: ``(qkv (B, N, 3, H, d), key_padding_mask (B, N) | None) -> (B, N, H, d)``,
+    the layout the blocks' fused QKV projection produces (flash-attn reads it as is: no permute, no copy)."""
+    if backend == "flash_attn":
+        return flash_attention_packed
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(_BACKENDS)}")
+    return functools.partial(_packed, fn=_BACKENDS[backend])
 
 
 def choose_attention_backend(fused: bool) -> tuple[str, str]:

@@ -49,4 +49,3 @@ def masked_mse_on_masked_ref(
     return masked_mse_ref(pred_masked, t, ones, norm_pix)
 
 
-masked_mse = masked_mse_ref  # the name of earlier versions

@@ -59,4 +59,3 @@ def patch_tokens_ref(img: torch.Tensor, patches: torch.Tensor | None, patch_embe
     return patch_embed(img)
 
 
-patchify = patchify_ref  # the name of earlier versions

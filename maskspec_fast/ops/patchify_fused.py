@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack
 
 from ._triton_utils import HAS_TRITON, backend_for
-from .patchify import as_image
-from .patchify import patchify as patchify_ref
+from .patchify import as_image, patchify_ref
 from .patchify import unpatchify as unpatchify_ref
 
 __all__ = [

@@ -52,3 +52,20 @@ def resize_pos_embed(
         img = F.interpolate(img, size=(nf, nt), mode="bilinear", align_corners=False)
         body = img.permute(0, 2, 3, 1).to(pos.dtype)
     return torch.cat([prefix, body.reshape(1, nf * nt, d)], dim=1)
+
+
+def fit_pos_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with its positional tables (``pos_embed``, ``decoder_pos_embed``; ``(1, 1 + L, D)``) resized to
+    ``model``'s grid when a checkpoint was made for another one (e.g. 992 vs 1000 frames): the patch positions
+    are a ``(grid_f, L / grid_f)`` grid, resized by :func:`resize_pos_embed`. Other entries are unchanged."""
+    own = model.state_dict()
+    out = dict(state)
+    for key in ("pos_embed", "decoder_pos_embed"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            src, dst = state[key], own[key]
+            gf = model.config.grid_f
+            old_l = src.shape[1] - 1
+            if old_l % gf:
+                raise ValueError(f"{key}: {old_l} positions do not fit {gf} frequency rows")
+            out[key] = resize_pos_embed(src, (gf, old_l // gf), model.config.grid_size).to(dst.dtype)
+    return out

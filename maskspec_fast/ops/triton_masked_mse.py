@@ -40,7 +40,6 @@ __all__ = [
     "MaskedMSELoss",
     "masked_mse",
     "masked_mse_forward",
-    "masked_mse_fused",
     "masked_mse_on_masked",
     "masked_mse_on_masked_ref",
     "triton_status",
@@ -342,4 +341,3 @@ class MaskedMSELoss(nn.Module):
         return f"norm_pix={self.norm_pix}"
 
 
-masked_mse_fused = masked_mse  # the name of earlier versions

@@ -1,7 +1,11 @@
 """Training: ``python -m maskspec_fast.train {pretrain,finetune,eval}`` (see ``--help``), or from Python:
-:class:`TrainConfig` + a task (:mod:`maskspec_fast.train.tasks`) + :func:`train`."""
+:class:`TrainConfig` + a task (:mod:`maskspec_fast.train.tasks`) + :func:`train`, or :func:`finetune` (the
+fine-tuning procedure, :class:`FinetuneRecipe` defaults)."""
 from .config import TrainConfig
+from .finetune import FinetuneResult, finetune
 from .loop import NonFiniteLoss, Trainer, train
+from .recipe import FinetuneRecipe
 from .state import TrainerState
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "TrainerState", "train"]
+__all__ = ["FinetuneRecipe", "FinetuneResult", "NonFiniteLoss", "TrainConfig", "Trainer", "TrainerState", "finetune",
+           "train"]

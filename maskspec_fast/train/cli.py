@@ -11,7 +11,7 @@ import torch
 from ..backends import format_backends
 from ..config import POOLS, ModelConfig
 from ..frontend.audio import AudioFileError
-from ..frontend.logmel import SAMPLE_RATE, LogMel, num_frames
+from ..frontend.logmel import SAMPLE_RATE, LogMel, model_frames
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
 from .recipe import FinetuneRecipe
@@ -117,30 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     _optim(p, steps=None, blr=None, warmup=None)
-    # The defaults come from maskspec_fast.train.recipe (the recipe benchmarks/ssl_eval.py measures): length in
-    # epochs of the fit split, lr for the recipe's batch scaled linearly, a validation split of --data picking the
-    # best checkpoint with early stopping.
+    # Every recipe option defaults to None: the value then comes from maskspec_fast.train.recipe.FinetuneRecipe, the
+    # one home of the fine-tuning defaults (shown in brackets), which experiments/ssl_eval.py measures.
     r = FinetuneRecipe()
-    p.set_defaults(min_lr=r.min_lr)
+    p.set_defaults(batch_size=None, min_lr=None, weight_decay=None, clip_grad=None)
     g = p.add_argument_group("recipe (maskspec_fast.train.recipe; --steps / --warmup-steps / --lr / --blr override)")
-    g.add_argument("--epochs", type=float, default=r.epochs, help="epochs of the fit split (used without --steps)")
-    g.add_argument("--warmup-epochs", type=float, default=r.warmup_epochs, help="used without --warmup-steps")
-    g.add_argument("--val-fraction", type=float, default=r.val_fraction,
+    g.add_argument("--epochs", type=float, default=None, help=f"epochs of the fit split, used without --steps [{r.epochs:g}]")
+    g.add_argument("--warmup-epochs", type=float, default=None, help=f"used without --warmup-steps [{r.warmup_epochs:g}]")
+    g.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                   help=f"AdamW betas [{r.betas[0]:g} {r.betas[1]:g}]")
+    g.add_argument("--val-fraction", type=float, default=None,
                    help="share of --data held out (stratified) to pick the best checkpoint and stop early; the "
                         "final model is that checkpoint (0: no split, the last step's model; ignored when "
-                        "--eval-data with --eval-every asks to select on the evaluation data)")
-    g.add_argument("--patience", type=int, default=r.patience,
-                   help="validation evaluations without improvement before stopping (0: never stop early)")
-    g.add_argument("--eval-every-epochs", type=float, default=r.eval_every_epochs)
-    g.add_argument("--head-init", choices=["zero", "probe"], default=r.head_init,
-                   help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings (LP-FT)")
-    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=r.refit_head,
+                        f"--eval-data with --eval-every asks to select on the evaluation data) [{r.val_fraction:g}]")
+    g.add_argument("--patience", type=int, default=None,
+                   help=f"validation evaluations without improvement before stopping (0: never stop early) [{r.patience}]")
+    g.add_argument("--eval-every-epochs", type=float, default=None, help=f"[{r.eval_every_epochs:g}]")
+    g.add_argument("--head-init", choices=["zero", "probe"], default=None,
+                   help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings "
+                        f"(LP-FT) [{r.head_init}]")
+    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=None,
                    help="after checkpoint selection on the validation split, refit the head as a logistic regression "
-                        "on the selected encoder's embeddings of all training clips (fit + validation)")
-    g.add_argument("--pool", choices=list(POOLS), default=r.pool,
+                        f"on the selected encoder's embeddings of all training clips (fit + validation) [{r.refit_head}]")
+    g.add_argument("--pool", choices=list(POOLS), default=None,
                    help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible); freq: the "
                         "mean per frequency row, rows concatenated (patchout then drops whole time columns); "
-                        "freq_stats: freq plus each row's std over time")
+                        f"freq_stats: freq plus each row's std over time [{r.pool}]")
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
@@ -148,31 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a ModelConfig field when building without --init (repeatable)")
     g.add_argument("--eval-data", default=None, help="evaluated at the end (and every --eval-every steps)")
     g.add_argument("--eval-every", type=int, default=0,
-                   help="with --val-fraction 0: evaluate on --eval-data every N steps and keep the best model "
-                        "(accuracy, or mAP for multi-label sets) in <out>/checkpoints/best with <out>/best.json")
-    g.add_argument("--layer-decay", type=float, default=r.layer_decay)
-    g.add_argument("--drop-path", type=float, default=r.drop_path)
-    g.add_argument("--label-smoothing", type=float, default=r.label_smoothing)
+                   help="select on --eval-data instead of a validation split: evaluate every N steps and keep the "
+                        "best model (accuracy, or mAP for multi-label sets) in <out>/checkpoints/best")
+    g.add_argument("--layer-decay", type=float, default=None, help=f"[{r.layer_decay:g}]")
+    g.add_argument("--drop-path", type=float, default=None, help=f"[{r.drop_path:g}]")
+    g.add_argument("--label-smoothing", type=float, default=None, help=f"[{r.label_smoothing:g}]")
     g.add_argument("--patchout", type=int, default=None,
-                   help=f"patch tokens dropped per clip in training (default: {r.patchout_fraction:g} of them)")
+                   help=f"patch tokens dropped per clip in training [{r.patchout_fraction:g} of them]")
     g = p.add_argument_group("augmentation and sampling")
-    g.add_argument("--time-roll", action=argparse.BooleanOptionalAction, default=r.time_roll,
-                   help="random circular time shift per clip")
-    g.add_argument("--freq-mask", type=int, default=r.freq_mask, help="SpecAugment: one frequency band of up to N "
-                   "mel bins masked per clip (paper: 48; 0: off)")
-    g.add_argument("--time-mask", type=int, default=r.time_mask, help="SpecAugment: one time span of up to N frames "
-                   "per 10 s masked per clip, scaled to the clip length (paper: 192; 0: off)")
-    g.add_argument("--gain-db", type=float, default=r.gain_db, metavar="DB",
-                   help="random level change per clip, uniform in +-DB (exact in the power domain; 0: off)")
-    g.add_argument("--tilt-db", type=float, default=r.tilt_db, metavar="DB",
+    g.add_argument("--time-roll", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random circular time shift per clip [{r.time_roll}]")
+    g.add_argument("--freq-mask", type=int, default=None, help="SpecAugment: one frequency band of up to N "
+                   f"mel bins masked per clip (paper: 48; 0: off) [{r.freq_mask}]")
+    g.add_argument("--time-mask", type=int, default=None, help="SpecAugment: one time span of up to N frames "
+                   f"per 10 s masked per clip, scaled to the clip length (paper: 192; 0: off) [{r.time_mask}]")
+    g.add_argument("--gain-db", type=float, default=None, metavar="DB",
+                   help=f"random level change per clip, uniform in +-DB (exact in the power domain; 0: off) [{r.gain_db:g}]")
+    g.add_argument("--tilt-db", type=float, default=None, metavar="DB",
                    help="random spectral tilt per clip: uniform in +-DB from the lowest to the highest mel bin "
-                        "(0: off)")
-    g.add_argument("--mixup", type=float, default=r.mixup, metavar="ALPHA",
+                        f"(0: off) [{r.tilt_db:g}]")
+    g.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
                    help="mixup with lam = max(u, 1-u), u ~ Beta(ALPHA, ALPHA) per clip, soft targets (PaSST: 0.3; "
-                        "0: off). Clips are paired within each process's micro-batch")
+                        f"0: off). Clips are paired within each process's micro-batch [{r.mixup:g}]")
     g.add_argument("--balanced-sampling", action="store_true",
-                   help="draw each epoch's clips with replacement, weighted by dataset.sample_weights() "
-                        "(class-balanced, for imbalanced sets such as AudioSet); seeded, so resume is exact")
+                   help="draw each epoch's clips with replacement, weighted by the fit split's class-balanced "
+                        "sample weights (for imbalanced sets such as AudioSet); seeded, so resume is exact")
 
     p = sub.add_parser("eval", help="evaluate a fine-tuned classifier", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,10 +221,6 @@ def _dataset(spec: str, args, train: bool):
     if args.clip_seconds is not None:
         kw["clip_seconds"] = args.clip_seconds
     return build_dataset(spec, **kw)
-
-
-def _frames_for(dataset) -> int:
-    return num_frames(int(round(dataset.clip_seconds * SAMPLE_RATE)))
 
 
 class Console:
@@ -280,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         cleanup()
 
 
-def _predict_kw(args, con: Console, quiet: bool | None = None) -> dict:
-    return dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-                quiet=args.quiet if quiet is None else quiet, dist_info=con.info)
+def _predict_kw(args, con: Console, batch_size: int | None = None) -> dict:
+    return dict(batch_size=batch_size or args.batch_size, workers=args.workers, precision=args.precision,
+                quiet=args.quiet, dist_info=con.info)
+
+
+_DECODER_OPTIONS = (("decoder_embed_dim", "decoder_dim"), ("decoder_depth", "decoder_depth"),
+                    ("decoder_num_heads", "decoder_heads"))
 
 
 def _pretrain(args, device, con: Console) -> int:
@@ -291,127 +293,78 @@ def _pretrain(args, device, con: Console) -> int:
     from .tasks import PretrainTask
 
     ds = _dataset(args.data, args, train=True)
-    frames = _frames_for(ds)
-    over = {"frames": frames // 16 * 16, "mask_ratio": args.mask_ratio, "norm_pix_loss": not args.no_norm_pix}
-    for k, a in (("decoder_embed_dim", "decoder_dim"), ("decoder_depth", "decoder_depth"),
-                 ("decoder_num_heads", "decoder_heads")):
-        if getattr(args, a) is not None:
-            over[k] = getattr(args, a)
+    frames = model_frames(round(ds.clip_seconds * SAMPLE_RATE))
+    over = {"frames": frames, "mask_ratio": args.mask_ratio, "norm_pix_loss": not args.no_norm_pix}
+    over.update({field: getattr(args, opt) for field, opt in _DECODER_OPTIONS if getattr(args, opt) is not None})
     config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), **over})
     model = Model(config, fused=args.fused).to(device)
-    args.out = args.out or "runs/pretrain"
+    run = TrainConfig.from_args(args).replace(out=args.out or "runs/pretrain")
     con.say(f"data: {args.data} ({len(ds)} clips of {ds.clip_seconds} s -> {frames} frames); model: {args.preset} "
             f"{config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
-    frontend = LogMel(fmin_jitter=0 if args.no_mel_jitter else 9, fmax_jitter=0 if args.no_mel_jitter else 1000)
-    result = train(PretrainTask(model, args.masks_per_clip), ds, TrainConfig.from_args(args), frontend.to(device),
-                   device, log=con.say, dist_info=con.info)
+    jitter = (0.0, 0.0) if args.no_mel_jitter else (9.0, 1000.0)
+    frontend = LogMel(fmin_jitter=jitter[0], fmax_jitter=jitter[1])
+    con.write_json(Path(run.out) / "config.json", {
+        "command": "pretrain", "argv": sys.argv[1:], "data": args.data, "clips": len(ds), "train": run.to_dict(),
+        "model": config.to_dict(), "masks_per_clip": args.masks_per_clip, "mel_jitter_hz": list(jitter)})
+    result = train(PretrainTask(model, args.masks_per_clip), ds, run, frontend.to(device), device, log=con.say,
+                   dist_info=con.info)
     first, last = _mean(result["losses"][:10]), _mean(result["losses"][-10:])
     con.say(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
             f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
-    con.write_json(Path(args.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
+    con.write_json(Path(run.out) / "summary.json", {k: v for k, v in result.items() if k != "losses"} |
                    {"loss_first10": first, "loss_last10": last})
     return 0
 
 
-def _finetune(args, device, con: Console) -> int:
-    """Fine-tune with the small-set recipe (:mod:`maskspec_fast.train.recipe`) unless options override it."""
-    from ..model import Classifier
-    from . import recipe as recipes
-    from .evaluation import describe, evaluate, make_evaluator
-    from .loop import train
-    from .tasks import FinetuneTask
+# FinetuneRecipe field <- CLI option (None: not given, the recipe's default stands)
+_RECIPE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "min_lr", "weight_decay", "betas", "clip_grad",
+                   "val_fraction", "patience", "eval_every_epochs", "head_init", "refit_head", "pool", "layer_decay",
+                   "drop_path", "label_smoothing", "time_roll", "freq_mask", "time_mask", "gain_db", "tilt_db", "mixup")
 
-    full = _dataset(args.data, args, train=True)
-    rec = FinetuneRecipe().replace(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                                   val_fraction=args.val_fraction, patience=args.patience,
-                                   eval_every_epochs=args.eval_every_epochs)
-    if args.eval_every and not args.eval_data:
-        raise ValueError("--eval-every needs --eval-data")
-    if args.eval_data and args.eval_every:  # explicit: select on --eval-data every N steps (no split, no stop)
-        rec = rec.replace(val_fraction=0.0)
-        args.val_fraction = 0.0
-    ds, val_ds = recipes.train_val_split(full, rec, args.seed)
-    sched = recipes.resolve(rec, len(full), getattr(full, "num_classes", None))
-    if args.steps is None:
-        args.steps = sched.steps
-    if args.warmup_steps is None:
-        args.warmup_steps = min(sched.warmup_steps, max(0, args.steps - 1))
-    if args.lr is None and args.blr is None:  # the recipe's lr at its batch, scaled linearly to this batch
-        args.lr = rec.lr * args.batch_size / rec.batch_size
-    frames = _frames_for(ds)
+
+def recipe_from_args(args: argparse.Namespace) -> FinetuneRecipe:
+    """The recipe with the options the command line gave (others keep the recipe's defaults)."""
+    given = {k: getattr(args, k) for k in _RECIPE_OPTIONS}
+    if given["betas"] is not None:
+        given["betas"] = tuple(given["betas"])
+    return FinetuneRecipe().replace(**given)
+
+
+def _finetune(args, device, con: Console) -> int:
+    """Fine-tune by :func:`maskspec_fast.train.finetune.finetune` with the recipe plus the options given."""
+    from ..model import Classifier
+    from .evaluation import describe, evaluate
+    from .finetune import finetune
+
+    source = _dataset(args.data, args, train=True)
+    recipe = recipe_from_args(args)
+    frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
     if args.init:
-        clf = Classifier.from_pretrained(args.init, num_classes=ds.num_classes, fused=args.fused,
-                                         drop_path_rate=args.drop_path, frames=frames // 16 * 16, pool=args.pool)
+        clf = Classifier.from_pretrained(args.init, num_classes=source.num_classes, fused=args.fused,
+                                         drop_path_rate=recipe.drop_path, frames=frames, pool=recipe.pool)
         con.say(f"initialized the encoder from {args.init}")
     else:
-        config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames // 16 * 16,
-                                                          "drop_path_rate": args.drop_path, "pool": args.pool})
-        clf = Classifier(config, ds.num_classes, fused=args.fused)
+        config = ModelConfig.from_preset(args.preset, **{**parse_overrides(args.set), "frames": frames,
+                                                          "drop_path_rate": recipe.drop_path, "pool": recipe.pool})
+        clf = Classifier(config, source.num_classes, fused=args.fused)
         con.say("encoder randomly initialized (no --init)")
-    if args.patchout is None:
-        args.patchout = recipes.patchout_tokens(rec, clf.config.num_patches)
-    clf.patchout = args.patchout
-    clf.to(device)
-    args.out = args.out or "runs/finetune"
-    con.say(f"data: {args.data} ({len(full)} clips, {ds.num_classes} classes, multilabel={ds.multilabel}); "
-            f"fit {len(ds)}, validation {len(val_ds) if val_ds is not None else 0} (val-fraction "
-            f"{args.val_fraction}); {args.steps} steps (warm-up {args.warmup_steps}), peak lr "
-            f"{args.lr if args.lr is not None else args.blr}, patchout {args.patchout}")
-    if args.head_init == "probe" and not ds.multilabel:
-        _probe_head(clf, ds, args, device, con)
-    task = FinetuneTask(clf, ds.multilabel, args.label_smoothing, args.layer_decay, freq_mask=args.freq_mask,
-                        time_mask=args.time_mask, mixup_alpha=args.mixup, time_roll=args.time_roll,
-                        gain_db=args.gain_db, tilt_db=args.tilt_db)
-    periodic = None
-    if val_ds is not None:  # checkpoint selection and early stopping on the validation split, never --eval-data
-        args.eval_every, args.eval_at_start = sched.eval_every, True
-        periodic = make_evaluator(val_ds, device, **_predict_kw(args, con, quiet=True))
-    elif args.eval_data and args.eval_every:  # select on --eval-data (built once, reused at every evaluation)
-        args.patience = 0
-        periodic = make_evaluator(_dataset(args.eval_data, args, train=False), device,
-                                  **_predict_kw(args, con, quiet=True))
-    result = train(task, ds, TrainConfig.from_args(args), LogMel().to(device), device, log=con.say,
-                   dist_info=con.info, evaluate=periodic)
-    con.say(f"fine-tuning done: {result['steps']} steps in {result['seconds']:.0f} s; saved {result['final']}")
-    if result.get("best"):
-        b = result["best"]
-        best_dir = Path(args.out) / "checkpoints" / "best"
-        con.say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (saved in {best_dir})")
-        if val_ds is not None:  # the recipe's model is the selected checkpoint
-            from safetensors.torch import load_file
-
-            clf.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)), strict=True)
-            how = f"the best validation checkpoint (step {b['step']})"
-            if args.refit_head and not full.multilabel:
-                _probe_head(clf, full, args, device, con, what="refitted on all")
-                how += ", its head refitted on all training clips"
-            if con.info.is_main:
-                clf.save_pretrained(result["final"])
-            con.say(f"final model = {how}, saved {result['final']}")
-    summary = {k: v for k, v in result.items() if k != "losses"}
-    if args.eval_data:
-        summary["eval"] = evaluate(clf, _dataset(args.eval_data, args, train=False), device, **_predict_kw(args, con))
+    run = TrainConfig.from_args(args).replace(out=args.out or "runs/finetune", batch_size=recipe.batch_size)
+    eval_source = _dataset(args.eval_data, args, train=False) if args.eval_data else None
+    result = finetune(clf, source, recipe, run, device=device, steps=args.steps, warmup_steps=args.warmup_steps,
+                      lr=args.lr, blr=args.blr, patchout=args.patchout, eval_source=eval_source,
+                      eval_every=args.eval_every, log=con.say, dist_info=con.info,
+                      extra_settings={"command": "finetune", "argv": sys.argv[1:], "data": args.data,
+                                      "eval_data": args.eval_data, "init": args.init})
+    con.say(f"fine-tuning done: {result.steps} steps; saved {result.final}")
+    if result.best:
+        b = result.best
+        con.say(f"best {b['metric']} = {b['value']:.4f} at step {b['step']} (checkpoints/best)")
+    summary = dict(result.summary)
+    if eval_source is not None:
+        summary["eval"] = evaluate(result.model, eval_source, device, **_predict_kw(args, con, recipe.batch_size))
         con.say(describe(summary["eval"], args.eval_data))
-    con.write_json(Path(args.out) / "summary.json", summary)
+    con.write_json(Path(run.out) / "summary.json", summary)
     return 0
-
-
-@torch.no_grad()
-def _probe_head(clf, ds, args, device, con: Console, what: str = "initialized from a linear probe on") -> None:
-    """Set the head to the recipe's logistic regression on frozen embeddings of ``ds``: LP-FT's start (the fit
-    split) or, with ``--refit-head``, the selected model's head refitted on all training clips."""
-    from . import recipe as recipes
-    from .evaluation import predict
-
-    head = clf.head
-    clf.head = torch.nn.Identity()  # predict() then returns the clip embeddings
-    try:
-        emb, labels = predict(clf, ds, LogMel().to(device), device, **_predict_kw(args, con))
-    finally:
-        clf.head = head
-    w, b, mu, sd = recipes.fit_logistic_regression(emb.double().cpu(), labels.cpu(), clf.num_classes)
-    recipes.set_head_from_probe(clf.head, w.to(device), b.to(device), mu.to(device), sd.to(device))
-    con.say(f"head {what} {len(ds)} clips")
 
 
 def _eval(args, device, con: Console) -> int:
@@ -425,6 +378,9 @@ def _eval(args, device, con: Console) -> int:
     metrics = evaluate(clf, ds, device, **_predict_kw(args, con))
     con.say(describe(metrics, args.data))
     if args.out:
+        con.write_json(Path(args.out) / "config.json", {"command": "eval", "argv": sys.argv[1:], "data": args.data,
+                                                        "checkpoint": args.checkpoint, "batch_size": args.batch_size,
+                                                        "precision": args.precision})
         con.write_json(Path(args.out) / "eval.json", metrics)
     return 0
 

@@ -23,8 +23,9 @@ class TrainConfig:
 
     Schedule: ``steps`` optimizer steps of ``batch_size`` clips (the GLOBAL batch over all processes and all
     ``accum_steps`` micro-batches), peak lr ``lr`` or, when it is None, ``blr * batch_size / 256`` (MAE's rule),
-    ``warmup_steps`` of linear warm-up then a half-cycle cosine down to ``min_lr``; AdamW betas (0.9, 0.95),
-    ``weight_decay`` (none on biases, norms and tokens), gradients clipped to norm ``clip_grad`` (0: off).
+    ``warmup_steps`` of linear warm-up then a half-cycle cosine down to ``min_lr``; AdamW ``betas`` (MAE's (0.9, 0.95)
+    for pre-training; fine-tuning takes the recipe's), ``weight_decay`` (none on biases, norms and tokens), gradients
+    clipped to norm ``clip_grad`` (0: off).
     """
 
     out: str = "runs/train"
@@ -36,6 +37,7 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_steps: int = 30
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 with a grad scaler)
     seed: int = 0
@@ -65,6 +67,9 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.frontend not in ("torch", "dali", "auto"):
             raise ValueError(f"frontend must be torch, dali or auto, got {self.frontend!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
@@ -82,9 +87,9 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        """The fields that the parsed command line names (others keep their defaults)."""
+        """The fields that the parsed command line names and sets (absent or None: the field's default)."""
         given = vars(args)
-        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if given.get(f.name) is not None})
 
 
 __all__ = ["TrainConfig"]

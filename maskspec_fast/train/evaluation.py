@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
 from .distributed import DistInfo, all_gather_objects
+from .inputs import batch_spec
 from .metrics import accuracy, mean_average_precision
 from .sampler import ResumableSampler
 
@@ -28,7 +30,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
-    dataset,
+    dataset: Source,
     frontend: LogMel,
     device: torch.device,
     *,
@@ -54,7 +56,7 @@ def predict(
                         num_workers=workers, collate_fn=collate, drop_last=False)
     outs, labels = [], []
     for b in tqdm(loader, desc="eval", unit="batch", disable=quiet or not info.is_main, dynamic_ncols=True):
-        spec = frontend(b["wave"].to(device, non_blocking=True))
+        spec = batch_spec(b, dataset.provides, frontend, device)
         with autocast(device, precision):
             outs.append(model(spec).float().cpu())
         labels.append(b["label"])
@@ -72,7 +74,7 @@ def predict(
     return logits[order], labels_t[order]
 
 
-def evaluate(clf: torch.nn.Module, dataset, device: torch.device, **predict_kw) -> dict:
+def evaluate(clf: torch.nn.Module, dataset: Source, device: torch.device, **predict_kw) -> dict:
     """``{"accuracy", "loss", "clips", "chance"}`` (single-label) or ``{"mAP", "loss", "clips"}`` (multi-label) of
     ``clf``; ``loss`` is the plain cross-entropy (BCE) of the logits, the tie-breaker of checkpoint selection."""
     if dataset.num_classes != clf.num_classes:
@@ -94,7 +96,7 @@ def describe(metrics: dict, name: str) -> str:
             f"(chance {metrics['chance']:.4f})")
 
 
-def make_evaluator(dataset, device: torch.device, **predict_kw) -> Evaluator:
+def make_evaluator(dataset: Source, device: torch.device, **predict_kw) -> Evaluator:
     """The trainer's periodic evaluation: ``model -> (metric name, value (higher is better), all metrics)``."""
 
     def run(model: torch.nn.Module) -> tuple[str, float, dict]:

@@ -8,7 +8,7 @@ from typing import Any
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "audio_s_per_s", "elapsed_s",
               "skipped_bad", "nonfinite", "loss_scale"]
-EVAL_FIELDS = ["step", "metric", "value", "best"]
+EVAL_FIELDS = ["step", "metric", "value", "loss", "best"]
 
 
 class CsvLog:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
 from .checkpoint import latest_checkpoint, write_json_atomic
 from .config import TrainConfig
@@ -63,7 +64,7 @@ class Trainer:
     def __init__(
         self,
         task: Task,
-        dataset,
+        dataset: Source,
         config: TrainConfig,
         frontend: LogMel,
         device: torch.device,
@@ -88,7 +89,7 @@ class Trainer:
             raise ValueError(f"dataset has {len(dataset)} clips, fewer than one batch of {gb}")
         self.model = task.model
         self.peak_lr = config.peak_lr()
-        self.optimizer = make_adamw(task.groups(config.weight_decay), lr=self.peak_lr, betas=(0.9, 0.95))
+        self.optimizer = make_adamw(task.groups(config.weight_decay), lr=self.peak_lr, betas=config.betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self.input = make_input(task.name, dataset, config, frontend, device, info, gb // info.world_size,
                                 self.batches_per_epoch, self.log)
@@ -97,6 +98,7 @@ class Trainer:
         self.net = wrap_ddp(self.model, info, device)
         self.rows = local_rows(gb, info.rank, info.world_size)
         self.losses: list[float] = []
+        self.evals: list[dict[str, Any]] = []  # this run's evaluations (a resumed run: those after the resume)
 
     # --- resume and save ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -196,7 +198,7 @@ class Trainer:
         st, now = self.state, time.time()
         sps = (st.step - self._last_step) * self.global_batch / max(now - self._last_t, 1e-9)
         self._last_t, self._last_step = now, st.step
-        clip_s = getattr(self.dataset, "clip_seconds", float("nan"))
+        clip_s = self.dataset.clip_seconds
         self.csv_log.write(dict(
             step=st.step, epoch=st.epoch, loss=f"{loss:.6f}", lr=f"{lr:.3e}", grad_norm=f"{grad_norm:.4f}",
             samples_per_s=f"{sps:.2f}", audio_s_per_s=f"{sps * clip_s:.1f}", elapsed_s=f"{now - self._t0:.1f}",
@@ -216,8 +218,10 @@ class Trainer:
             improved, self._tracker.bad = False, self._tracker.bad + 1
         if improved:
             st.best = {"metric": name, "value": value, "step": st.step, "loss": loss}
+        self.evals.append({"step": st.step, "metric": name, "value": value, "loss": loss, "best": improved})
         if self.info.is_main:
-            self.eval_log.write({"step": st.step, "metric": name, "value": f"{value:.6f}", "best": int(improved)})
+            self.eval_log.write({"step": st.step, "metric": name, "value": f"{value:.6f}", "loss": f"{loss:.6f}",
+                                 "best": int(improved)})
             self.tb.scalars(st.step, {f"eval/{name}": value})
             self.log(f"step {st.step}: eval {name} = {value:.4f}" + (" (best so far)" if improved else ""))
         if improved:
@@ -322,12 +326,13 @@ class Trainer:
                      "log.csv)")
         return {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
                 "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
-                "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best}
+                "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
+                "evals": self.evals}
 
 
 def train(
     task: Task,
-    dataset,
+    dataset: Source,
     config: TrainConfig,
     frontend: LogMel,
     device: torch.device,

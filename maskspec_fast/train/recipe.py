@@ -1,9 +1,10 @@
-"""The fine-tuning recipe for small labeled sets: one place that turns (training-set size, batch size) into the
-length, schedule, augmentation and checkpoint-selection rule. ``benchmarks/ssl_eval.py`` and
-``python -m maskspec_fast.train finetune`` both read it, so the benchmark measures what users get.
+"""The fine-tuning recipe for small labeled sets: the one home of the fine-tuning defaults, and the rules that turn
+(training-set size, batch size) into the length, schedule, validation split and checkpoint selection.
+:func:`maskspec_fast.train.finetune.finetune` runs it; ``python -m maskspec_fast.train finetune`` and
+``experiments/ssl_eval.py`` both call that function, so the harness measures what users get.
 
-Why these defaults (measured on the real-recordings set of ``benchmarks/build_real_eval.py``, see
-``benchmarks/SSL_EVAL.md``): a fixed step count (the old 50 steps) is 3 epochs of 480 clips and 18 of 88;
+Why these defaults (measured on the real-recordings set of ``experiments/build_real_eval.py``, see
+``experiments/SSL_EVAL.md``): a fixed step count (the old 50 steps) is 3 epochs of 480 clips and 18 of 88;
 length is therefore set in epochs. Checkpoint selection uses a stratified validation split carved out of the
 TRAINING clips only (never the test fold), evaluated every ``eval_every_epochs``; the best validation accuracy
 (ties: lower validation loss) wins and training stops after ``patience`` evaluations without improvement.
@@ -11,10 +12,11 @@ TRAINING clips only (never the test fold), evaluated every ``eval_every_epochs``
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
+
+from ..data.interfaces import Source
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,9 @@ class FinetuneRecipe:
     """Fine-tuning hyper-parameters. Lengths are in epochs of the FIT split (training clips minus validation).
 
     ``lr`` is the absolute peak lr of the head (the top group); encoder block ``i`` of ``N`` gets
-    ``lr * layer_decay ** (N - i)`` (see :func:`maskspec_fast.train.schedule.param_groups`).
+    ``lr * layer_decay ** (N - i)`` (see :func:`maskspec_fast.train.schedule.param_groups`). AdamW with ``betas``
+    and ``weight_decay`` (none on biases, norms and tokens), gradients clipped to norm ``clip_grad``; ``batch_size``
+    clips per step (epochs hold ``fit // batch_size`` full batches, the trainer's rule).
     ``patchout_fraction``: share of patch tokens dropped per clip in training (with ``pool="freq"`` as whole time
     columns). ``time_roll``: random circular time shift per clip. ``freq_mask`` / ``time_mask``: SpecAugment limits
     (time per 10 s, scaled to the clip). ``pool``: the Classifier's pooling (``ModelConfig.pool``).
@@ -30,8 +34,9 @@ class FinetuneRecipe:
     the start is evaluated too, so fine-tuning can only replace it by a checkpoint that validates better), or
     ``"zero"`` (MAE's near-zero head). ``refit_head``: after selection, the head is refitted as that logistic
     regression on the selected encoder's embeddings of ALL training clips (fit + validation), so the final model
-    uses every labeled clip (the validation split only chose the encoder). ``gain_db`` / ``tilt_db``: random level
-    and spectral tilt per clip (:func:`maskspec_fast.train.augment.apply_gain`).
+    uses every labeled clip (the validation split only chose the encoder). ``head_l2``: the L2 penalty of that
+    logistic regression. ``gain_db`` / ``tilt_db``: random level and spectral tilt per clip
+    (:func:`maskspec_fast.train.augment.apply_gain`).
     """
 
     epochs: float = 15.0
@@ -40,6 +45,8 @@ class FinetuneRecipe:
     min_lr: float = 1e-6
     layer_decay: float = 0.75
     weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 1.0
     drop_path: float = 0.0
     label_smoothing: float = 0.0
     patchout_fraction: float = 0.75
@@ -56,6 +63,7 @@ class FinetuneRecipe:
     pool: str = "freq_stats"
     head_init: str = "probe"
     refit_head: bool = True
+    head_l2: float = 1e-3
 
     def replace(self, **changes) -> FinetuneRecipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -74,24 +82,24 @@ class Schedule:
     patience: int
 
 
-def split_sizes(n_train: int, val_fraction: float, num_classes: int | None = None) -> tuple[int, int]:
-    """``(fit, val)`` clip counts: ``val = round(n * fraction)``, at least one clip per class when classes are
-    known and there is room; ``val_fraction = 0`` gives ``(n, 0)``."""
+def split_sizes(n_train: int, val_fraction: float) -> tuple[int, int]:
+    """``(fit, val)`` clip counts: ``val = round(n * fraction)``, at least 1 and at most ``n - 1``;
+    ``val_fraction = 0`` gives ``(n, 0)``. The split is stratified (:func:`stratified_split`), so on a set with
+    more classes than validation clips some classes have none there: the held-out share stays the one asked for."""
     if val_fraction <= 0:
         return n_train, 0
-    val = int(round(n_train * val_fraction))
-    if num_classes:
-        val = max(val, min(num_classes, n_train // 2))
-    val = min(max(val, 1), n_train - 1)
+    if n_train < 2:
+        raise ValueError(f"a validation split needs at least 2 training clips, got {n_train} (use val_fraction 0)")
+    val = min(max(int(round(n_train * val_fraction)), 1), n_train - 1)
     return n_train - val, val
 
 
-def resolve(recipe: FinetuneRecipe, n_train: int, num_classes: int | None = None) -> Schedule:
-    """Steps from epochs: ``steps_per_epoch = ceil(fit / batch)``, ``steps = round(epochs * steps_per_epoch)``
-    (at least 1), warm-up and evaluation period likewise (evaluation at least every step, never 0 when a
-    validation split exists)."""
-    fit, val = split_sizes(n_train, recipe.val_fraction, num_classes)
-    spe = max(1, math.ceil(fit / recipe.batch_size))
+def resolve(recipe: FinetuneRecipe, n_train: int) -> Schedule:
+    """Steps from epochs: ``steps_per_epoch = fit // batch`` (full batches, as the trainer runs them; at least 1),
+    ``steps = round(epochs * steps_per_epoch)`` (at least 1), warm-up and evaluation period likewise (evaluation at
+    least every step, never 0 when a validation split exists)."""
+    fit, val = split_sizes(n_train, recipe.val_fraction)
+    spe = max(1, fit // recipe.batch_size)
     steps = max(1, int(round(recipe.epochs * spe)))
     warmup = min(steps - 1, int(round(recipe.warmup_epochs * spe))) if steps > 1 else 0
     eval_every = max(1, int(round(recipe.eval_every_epochs * spe))) if val else 0
@@ -191,54 +199,16 @@ def set_head_from_probe(head: torch.nn.Linear, w: torch.Tensor, b: torch.Tensor,
     head.bias.copy_((b - (mu64 / sd64) @ w).to(head.bias.dtype))
 
 
-class SplitView(torch.utils.data.Dataset):
-    """The clips ``indices`` of ``dataset`` as a data set of their own; other attributes (``clip_seconds``,
-    ``num_classes``, ``set_epoch``, ...) are the parent's. ``items`` (the file list file-based fast paths such as
-    DALI read) is the parent's restricted to ``indices``, and absent when the parent has none."""
-
-    def __init__(self, dataset, indices: torch.Tensor):
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.indices[i]]
-
-    @property
-    def items(self) -> list:
-        parent = self.__dict__["dataset"]
-        if not hasattr(parent, "items"):
-            raise AttributeError("items")
-        return [parent.items[i] for i in self.__dict__["indices"]]
-
-    def __getattr__(self, name: str):
-        if name in ("items", "dataset", "indices") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
-def dataset_labels(dataset) -> torch.Tensor:
-    """Labels of every clip without decoding audio (``dataset._label``), ``(N,)`` or ``(N, C)`` multi-hot."""
-    labels = [dataset._label(i) for i in range(len(dataset))]
-    if labels and isinstance(labels[0], (list, tuple)):
-        out = torch.zeros(len(labels), dataset.num_classes)
-        for i, ls in enumerate(labels):
-            out[i, list(ls)] = 1
-        return out
-    return torch.tensor(labels, dtype=torch.long)
-
-
-def train_val_split(dataset, recipe: FinetuneRecipe, seed: int) -> tuple[object, object | None]:
-    """``(fit, val)`` views of a TRAINING data set by :func:`stratified_split` (``val`` None without a split)."""
-    labels = dataset_labels(dataset)
-    _, n_val = split_sizes(len(dataset), recipe.val_fraction, getattr(dataset, "num_classes", None))
+def train_val_split(source: Source, recipe: FinetuneRecipe, seed: int) -> tuple[Source, Source | None]:
+    """``(fit, val)`` subsets of a TRAINING source by :func:`stratified_split` of ``source.labels()`` (``val``
+    None without a split). Each is a source of its own (:meth:`~maskspec_fast.data.interfaces.Source.subset`):
+    its order, weights and streaming cover its clips only."""
+    _, n_val = split_sizes(len(source), recipe.val_fraction)
     if n_val == 0:
-        return dataset, None
-    fit, val = stratified_split(labels, n_val, torch.Generator().manual_seed(int(seed)))
-    return SplitView(dataset, fit), SplitView(dataset, val)
+        return source, None
+    fit, val = stratified_split(source.labels(), n_val, torch.Generator().manual_seed(int(seed)))
+    return source.subset(fit), source.subset(val)
 
 
-__all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "SplitView", "dataset_labels", "fit_logistic_regression",
-           "patchout_tokens", "resolve", "set_head_from_probe", "split_sizes", "stratified_split",
-           "train_val_split"]
+__all__ = ["BestTracker", "FinetuneRecipe", "Schedule", "fit_logistic_regression", "patchout_tokens", "resolve",
+           "set_head_from_probe", "split_sizes", "stratified_split", "train_val_split"]

@@ -106,7 +106,10 @@ class FinetuneTask:
     random circular time roll per clip (``time_roll``, applied first), a random level / spectral tilt per clip
     (``gain_db`` / ``tilt_db``, :func:`~maskspec_fast.train.augment.apply_gain`), SpecAugment (one frequency band up to
     ``freq_mask`` bins and one time span up to ``time_mask`` frames per 10 s, scaled to the clip length) and
-    mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch."""
+    mixup (``mixup_alpha > 0``, soft targets) on the log-mel batch.
+
+    The constructor's defaults are the neutral settings (no smoothing, no layer decay, no augmentation); the
+    fine-tuning defaults live in :class:`~maskspec_fast.train.recipe.FinetuneRecipe` (:meth:`from_recipe`)."""
 
     name = "finetune"
     pictures = False
@@ -115,8 +118,8 @@ class FinetuneTask:
         self,
         model: Classifier,
         multilabel: bool,
-        label_smoothing: float = 0.1,
-        layer_decay: float = 0.75,
+        label_smoothing: float = 0.0,
+        layer_decay: float = 1.0,
         freq_mask: int = 0,
         time_mask: int = 0,
         mixup_alpha: float = 0.0,
@@ -129,6 +132,13 @@ class FinetuneTask:
         self.freq_mask, self.time_mask, self.mixup_alpha = freq_mask, time_mask, mixup_alpha
         self.time_roll = time_roll
         self.gain_db, self.tilt_db = gain_db, tilt_db
+
+    @classmethod
+    def from_recipe(cls, model: Classifier, multilabel: bool, recipe) -> FinetuneTask:
+        """The task with a :class:`~maskspec_fast.train.recipe.FinetuneRecipe`'s loss and augmentation settings."""
+        return cls(model, multilabel, recipe.label_smoothing, recipe.layer_decay, freq_mask=recipe.freq_mask,
+                   time_mask=recipe.time_mask, mixup_alpha=recipe.mixup, time_roll=recipe.time_roll,
+                   gain_db=recipe.gain_db, tilt_db=recipe.tilt_db)
 
     def draw(self, gen: torch.Generator, global_batch: int, rows: torch.Tensor, spec: torch.Tensor) -> dict:
         out: dict[str, torch.Tensor] = {}
