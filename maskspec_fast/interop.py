@@ -32,6 +32,8 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
+from .ops.pos_embed import fit_pos_tables
+from .serialization import check_state_dict
 
 CONVERT_HINT = (
     "If you trust this file, convert it once with `python -m maskspec_fast.convert {path} OUT_DIR --trust` "
@@ -137,7 +139,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise
     except Exception as e:
         bad = _forbidden_globals(path, e)
-        what = f"it pickles {', '.join(bad)}, which is not in the allowlist" if bad else f"{type(e).__name__}: {e}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # torch's messages span many lines
+        what = f"it pickles {', '.join(bad)}, which is not in the allowlist" if bad else f"{type(e).__name__}: {first}"
         raise ValueError(
             f"{path}: cannot be read as a weights-only PyTorch checkpoint ({what}). Full unpickling would run "
             f"code from the file, so it is never done. " + CONVERT_HINT.format(path=path)
@@ -327,15 +330,12 @@ def save_mae_checkpoint(state: dict[str, torch.Tensor], path: str | os.PathLike)
 
 def pretrain_from_mae(cls: type, path: str | os.PathLike, fused: bool | None, producer: str, overrides: dict) -> Any:
     """``Model.from_mae_checkpoint``: a pre-training model from a MAE-family ``.pth`` (strict load)."""
-    from .ops.pos_embed import fit_pos_tables
-
     ck = read_mae_checkpoint(path, producer)
     check_pretrain_decoder(ck)
     model = cls(infer_config(ck.state, **{**config_overrides_from_args(ck.args), **overrides}), fused=fused)
-    try:
-        model.load_state_dict(fit_pos_tables(ck.state, model), strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: does not match a MaskSpec pre-training model ({e})") from e
+    state = fit_pos_tables(ck.state, model, path)
+    check_state_dict(path, state, model.state_dict())  # names, shapes, no integer tensor cast into a weight
+    model.load_state_dict(state, strict=True)
     model.source = {"path": str(path), "producer": ck.producer, "epoch": ck.epoch}
     return model
 
@@ -345,8 +345,6 @@ def classifier_from_mae(
 ) -> Any:
     """``Classifier.from_mae_checkpoint``: a fine-tuned ViT (``fc_norm`` + ``head``) loads whole when
     ``num_classes`` matches or is None; otherwise (pre-training checkpoints) the encoder loads, the head is new."""
-    from .ops.pos_embed import fit_pos_tables
-
     ck = read_mae_checkpoint(path, producer)
     state = ck.state
     head = state.get("head.weight")
@@ -355,11 +353,9 @@ def classifier_from_mae(
         raise ValueError(f"{path}: has no classification head; pass num_classes")
     clf = cls(infer_config(state, **overrides), n, fused=fused)
     if head is not None and head.shape[0] == n and "fc_norm.weight" in state:
-        own = {k: v for k, v in state.items() if k in clf.state_dict()}
-        try:
-            clf.load_state_dict(fit_pos_tables(own, clf), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: does not match a MaskSpec Classifier ({e})") from e
+        own = fit_pos_tables({k: v for k, v in state.items() if k in clf.state_dict()}, clf, path)
+        check_state_dict(path, own, clf.state_dict())
+        clf.load_state_dict(own, strict=True)
     else:
         if head is not None and "fc_norm.weight" not in state:
             warnings.warn(
@@ -367,6 +363,6 @@ def classifier_from_mae(
                 "mean-pools into fc_norm, so only the encoder is loaded and fc_norm/head start fresh",
                 stacklevel=3,
             )
-        clf.load_encoder(state)
+        clf.load_encoder(state, path)
     clf.source = {"path": str(path), "producer": ck.producer, "epoch": ck.epoch}
     return clf

@@ -16,7 +16,7 @@ from .layers import Block, PatchEmbed, init_weights
 from .ops.masking import num_visible
 from .ops.patchify import as_image
 from .ops.pos_embed import fit_pos_tables, resize_pos_embed, sincos_2d
-from .serialization import load_dir, save_dir
+from .serialization import CheckpointError, check_state_dict, config_from_meta, load_dir, save_dir
 
 
 def _resolve_fused(fused: bool | None) -> bool:
@@ -232,9 +232,10 @@ class Model(_Encoder):
         state, meta = load_dir(directory)
         if meta.get("model_type") != "pretrain":
             raise ValueError(f"{directory}: holds a {meta.get('model_type')!r} model, not a pre-training Model")
-        config = ModelConfig.from_dict({**meta["config"], **overrides})
-        model = cls(config, fused=fused)
-        model.load_state_dict(fit_pos_tables(state, model), strict=True)
+        model = cls(config_from_meta(directory, meta, **overrides), fused=fused)
+        state = fit_pos_tables(state, model, directory)
+        check_state_dict(Path(directory) / "model.safetensors", state, model.state_dict())
+        model.load_state_dict(state, strict=True)
         return model
 
     @classmethod
@@ -397,20 +398,22 @@ class Classifier(_Encoder):
         return torch.stack(embs, dim=1), torch.tensor(starts)
 
     # --- starting from pre-training ------------------------------------------------------------------------------
-    def load_encoder(self, state: dict[str, torch.Tensor]) -> list[str]:
+    def load_encoder(self, state: dict[str, torch.Tensor], source: Any = None) -> list[str]:
         """Copy encoder weights (patch_embed, cls_token, pos_embed, blocks) from a Model state dict.
 
         Returns the names that were copied; decoder, ``norm``, the pooling norms and head are not (they start fresh).
+        ``source`` (a path) names where ``state`` came from in errors (:class:`CheckpointError`: a missing encoder
+        weight, a wrong shape, an integer tensor where a weight is expected).
         """
         own = self.state_dict()
         enc = {k: v for k, v in state.items() if k in own and not k.startswith(_POOLING_PREFIXES)}
-        enc = fit_pos_tables(enc, self)
+        enc = fit_pos_tables(enc, self, source)
         missing = [k for k in own if not k.startswith(_POOLING_PREFIXES) and k not in enc]
         if missing:
-            raise ValueError(f"pre-trained state lacks encoder weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        for k, v in enc.items():
-            if v.shape != own[k].shape:
-                raise ValueError(f"{k}: pre-trained shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
+            where = f"{source}: " if source is not None else ""
+            raise CheckpointError(f"{where}pre-trained state lacks encoder weights: "
+                                  f"{missing[:5]}{'...' if len(missing) > 5 else ''}")
+        check_state_dict(source if source is not None else "pre-trained state", enc, own, strict=False)
         self.load_state_dict(enc, strict=False)
         return sorted(enc)
 
@@ -455,24 +458,24 @@ class Classifier(_Encoder):
 
         directory = resolve_pretrained(directory, revision=revision)
         state, meta = load_dir(directory)
-        config = ModelConfig.from_dict({**meta["config"], **overrides})
-        kind = meta.get("model_type")
-        if kind == "classifier":
+        config = config_from_meta(directory, meta, **overrides)
+        weights = Path(directory) / "model.safetensors"
+        if meta["model_type"] == "classifier":
             n = meta["num_classes"] if num_classes is None else num_classes
             clf = cls(config, n, fused=fused)
             same_pool = config.pool == meta["config"].get("pool", "mean")
             if n == meta["num_classes"] and same_pool:  # else the head does not fit: encoder only, new head
-                clf.load_state_dict(fit_pos_tables(state, clf), strict=True)
+                state = fit_pos_tables(state, clf, weights)
+                check_state_dict(weights, state, clf.state_dict())
+                clf.load_state_dict(state, strict=True)
             else:
-                clf.load_encoder(state)
+                clf.load_encoder(state, weights)
             return clf
-        if kind == "pretrain":
-            if num_classes is None:
-                raise ValueError(f"{directory}: holds a pre-training Model; pass num_classes for the new head")
-            clf = cls(config, num_classes, fused=fused)
-            clf.load_encoder(state)
-            return clf
-        raise ValueError(f"{directory}: unknown model_type {kind!r}")
+        if num_classes is None:
+            raise ValueError(f"{directory}: holds a pre-training Model; pass num_classes for the new head")
+        clf = cls(config, num_classes, fused=fused)
+        clf.load_encoder(state, weights)
+        return clf
 
     @classmethod
     def from_mae_checkpoint(

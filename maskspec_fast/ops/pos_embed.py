@@ -54,18 +54,24 @@ def resize_pos_embed(
     return torch.cat([prefix, body.reshape(1, nf * nt, d)], dim=1)
 
 
-def fit_pos_tables(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def fit_pos_tables(state: dict[str, torch.Tensor], model: torch.nn.Module,
+                   source: object = None) -> dict[str, torch.Tensor]:
     """``state`` with its positional tables (``pos_embed``, ``decoder_pos_embed``; ``(1, 1 + L, D)``) resized to
     ``model``'s grid when a checkpoint was made for another one (e.g. 992 vs 1000 frames): the patch positions
-    are a ``(grid_f, L / grid_f)`` grid, resized by :func:`resize_pos_embed`. Other entries are unchanged."""
+    are a ``(grid_f, L / grid_f)`` grid, resized by :func:`resize_pos_embed`. Other entries are unchanged.
+    A table that cannot be such a grid is a ``ValueError`` naming ``source`` (the checkpoint) and the tensor."""
     own = model.state_dict()
     out = dict(state)
+    where = f"{source}: " if source is not None else ""
     for key in ("pos_embed", "decoder_pos_embed"):
         if key in state and key in own and state[key].shape != own[key].shape:
             src, dst = state[key], own[key]
             gf = model.config.grid_f
+            if src.dim() != 3 or src.shape[0] != 1 or src.shape[2] != dst.shape[2] or not src.is_floating_point():
+                raise ValueError(f"{where}tensor {key} has shape {tuple(src.shape)} and dtype {src.dtype}; "
+                                 f"the model expects {tuple(dst.shape)} {dst.dtype}")
             old_l = src.shape[1] - 1
             if old_l % gf:
-                raise ValueError(f"{key}: {old_l} positions do not fit {gf} frequency rows")
+                raise ValueError(f"{where}{key}: {old_l} positions do not fit {gf} frequency rows")
             out[key] = resize_pos_embed(src, (gf, old_l // gf), model.config.grid_size).to(dst.dtype)
     return out

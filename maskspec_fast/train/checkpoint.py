@@ -3,7 +3,10 @@
 Layout: ``<out>/checkpoints/step_00000100/`` holding ``model.safetensors`` + ``config.json`` (loadable with
 ``from_pretrained``) and ``trainer.pt`` (optimizer, step, sampler position, grad-scaler state, RNG states of every
 rank; read with ``weights_only=True``). A directory without the ``COMPLETE`` marker (a save that was interrupted)
-is never loaded. ``<out>/checkpoints/best/`` (same layout) holds the best model by the evaluation metric, described
+is never loaded. A state holding a NaN or Inf is never written (:func:`nonfinite_tensors` is checked first by
+:func:`~maskspec_fast.train.state.save_training`), so every checkpoint is a good one; :func:`last_good_checkpoint`
+also passes over poisoned ones that older versions wrote. A failed write (a full disk) removes its temporary
+directory and raises :class:`~maskspec_fast.serialization.CheckpointWriteError`; earlier checkpoints are untouched. ``<out>/checkpoints/best/`` (same layout) holds the best model by the evaluation metric, described
 by ``<out>/best.json``; it is never pruned by ``keep``.
 """
 from __future__ import annotations
@@ -12,10 +15,12 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from ..serialization import CheckpointError, CheckpointWriteError, write_failure
 
 COMPLETE = "COMPLETE"
 
@@ -66,9 +71,17 @@ def save_checkpoint(
     tmp = ckpt_root / f".tmp_{name}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    torch.save(trainer_state, tmp / "trainer.pt")
-    (tmp / COMPLETE).write_text(str(step))
+    try:
+        model.save_pretrained(tmp)
+        # through a Python file object: a full disk then raises OSError(ENOSPC), where torch's own file writer
+        # only reports "unexpected pos"
+        with open(tmp / "trainer.pt", "wb") as fh:
+            torch.save(trainer_state, fh)
+        (tmp / COMPLETE).write_text(str(step))
+    except (OSError, RuntimeError) as e:  # half a checkpoint is never left behind, older ones stay as they were
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = e.__cause__ if isinstance(e, CheckpointWriteError) and e.__cause__ is not None else e
+        raise write_failure(ckpt_root, f"checkpoint {name}", cause) from cause
     if final.exists():
         old = ckpt_root / f".old_{name}_{os.getpid()}"
         os.replace(final, old)
@@ -109,8 +122,71 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ck[-1] if ck else None
 
 
+def nonfinite_tensors(named: Iterable[tuple[str, Any]]) -> list[str]:
+    """Names of the floating-point tensors among ``named`` that hold a NaN or an Inf (one device sync in all)."""
+    names, flags = [], []
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            names.append(name)
+            flags.append(torch.isfinite(t).all().logical_not())
+    if not flags:
+        return []
+    dev = flags[0].device
+    return [n for n, bad in zip(names, torch.stack([f.to(dev) for f in flags]).tolist()) if bad]
+
+
+def optimizer_tensors(state: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``("optimizer.<param>.<key>", tensor)`` for an optimizer ``state_dict()`` (moments, step counters)."""
+    return [(f"optimizer.{i}.{k}", v) for i, st in state.get("state", {}).items() for k, v in st.items()]
+
+
+def checkpoint_nonfinite(path: Path) -> list[str]:
+    """The non-finite tensors of a complete checkpoint directory (model weights and optimizer state)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    blob = load_trainer_state(path)
+    weights = path / "model.safetensors"
+    try:
+        model = load_file(str(weights))
+    except Exception as e:
+        raise CheckpointError(f"{weights}: cannot be read as safetensors ({' '.join(str(e).split())[:300]})") from e
+    return nonfinite_tensors([*model.items(), *optimizer_tensors(blob.get("optimizer") or {})])
+
+
+def last_good_checkpoint(out: Path, log: Any = None) -> Path | None:
+    """The newest complete step checkpoint whose weights and optimizer state are all finite (what ``--resume
+    auto`` continues from). Poisoned ones (written by versions that did not check) are passed over, with a note
+    to ``log``; an unreadable or hostile one is a :class:`CheckpointError`, never skipped silently."""
+    for path in reversed(list_checkpoints(out)):
+        bad = checkpoint_nonfinite(path)
+        if not bad:
+            return path
+        if log is not None:
+            log(f"warning: {path} holds non-finite values ({len(bad)} tensors, e.g. {bad[0]}); passed over")
+    return None
+
+
 def load_trainer_state(path: Path) -> dict[str, Any]:
+    """``trainer.pt`` of a complete checkpoint, unpickled weights-only: a file that pickles anything else (code
+    to run) is refused with a :class:`CheckpointError` naming it, and nothing in it is executed."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
-        raise ValueError(f"{path}: not a complete checkpoint (missing {COMPLETE} marker; the save was interrupted?)")
-    return torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: not a complete checkpoint (missing {COMPLETE} marker; the save was "
+                              "interrupted?)")
+    file = path / "trainer.pt"
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{file}: missing") from e
+    except Exception as e:  # UnpicklingError for a hostile pickle, RuntimeError for a damaged zip, ...
+        from ..interop import _forbidden_globals
+
+        bad = _forbidden_globals(file, e)
+        why = (f"it pickles {', '.join(bad)}" if bad else
+               (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+        raise CheckpointError(f"{file}: refused, not a weights-only training state ({why}); it is never fully "
+                              "unpickled, since that would run code from the file") from e
+    if not isinstance(blob, dict):
+        raise CheckpointError(f"{file}: expected a dict of training state, got {type(blob).__name__}")
+    return blob

@@ -12,6 +12,7 @@ from ..backends import format_backends
 from ..config import POOLS, ModelConfig
 from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, model_frames
+from ..serialization import CheckpointWriteError
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
 from .recipe import FinetuneRecipe
@@ -30,7 +31,9 @@ EXAMPLES = """examples:
 data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1,2,3] | manifest:FILE(.csv|.jsonl)
   | hdf5:FILE[,FILE] | webdataset:'DIR/shard-{000000..000099}.tar' (streamed) | hf:DIR  (issue 15; prepare shards
   once with: python -m maskspec_fast.data prepare SRC_SPEC OUT_DIR)
-resume: --resume auto continues from the newest complete checkpoint in --out (model, optimizer, lr schedule,
+exit status: 0 done, 2 bad input (one line naming the file and the problem), 3 a non-finite loss / gradient norm /
+  state (the line names the last good checkpoint), 4 a checkpoint could not be written (e.g. disk full)
+resume: --resume auto continues from the newest good checkpoint in --out (model, optimizer, lr schedule,
   grad scaler, data position, RNG states; the torch front end resumes mid-epoch exactly, the DALI front end
   re-decodes the used part of the current epoch to reach the same position)
 """
@@ -81,7 +84,11 @@ def _optim(p: argparse.ArgumentParser, steps: int, blr: float, warmup: int) -> N
     g.add_argument("--keep", type=int, default=3, help="step checkpoints kept (checkpoints/best is kept apart)")
     g.add_argument("--resume", default=None, help="checkpoint directory, or 'auto' for the newest in --out")
     g.add_argument("--log-every", type=int, default=5)
-    g.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/Inf (counted)")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (and count) steps whose loss or gradient norm is NaN/Inf instead of stopping; such "
+                        "an update is never applied either way")
+    g.add_argument("--max-nonfinite-skips", type=int, default=20,
+                   help="with --skip-nonfinite: stop after more than N consecutive skipped steps (default 20)")
     g.add_argument("--tensorboard", action="store_true", help="also log scalars to <out>/tensorboard")
     g.add_argument("--picture-every", type=int, default=100,
                    help="pre-training: save reconstruction PNGs to <out>/pictures every N steps (0: never)")
@@ -274,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as e:  # e.g. a full disk: the message names the folder; older checkpoints kept
+        print(f"error: {e.strerror or e}", file=sys.stderr)
+        return 4
     finally:
         cleanup()
 

@@ -26,6 +26,12 @@ class TrainConfig:
     ``warmup_steps`` of linear warm-up then a half-cycle cosine down to ``min_lr``; AdamW ``betas`` (MAE's (0.9, 0.95)
     for pre-training; fine-tuning takes the recipe's), ``weight_decay`` (none on biases, norms and tokens), gradients
     clipped to norm ``clip_grad`` (0: off).
+
+    Non-finite steps: a step whose loss or gradient norm is NaN/Inf is never applied. The run stops there,
+    naming the last good checkpoint; with ``skip_nonfinite`` the batch is skipped and counted instead, until
+    more than ``max_nonfinite_skips`` steps in a row were skipped (then it stops the same way: weights or
+    data that give only non-finite steps never recover by skipping). Under fp16 an overflowing gradient is
+    left to the grad scaler (it skips that update and lowers its scale), not counted.
     """
 
     out: str = "runs/train"
@@ -48,6 +54,7 @@ class TrainConfig:
     balanced_sampling: bool = False
     # safety and output
     skip_nonfinite: bool = False
+    max_nonfinite_skips: int = 20  # consecutive skipped steps before a --skip-nonfinite run stops
     save_every: int = 100
     keep: int = 3
     resume: str | None = None  # a checkpoint directory or "auto"
@@ -70,6 +77,8 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.max_nonfinite_skips < 0:
+            raise ValueError(f"max_nonfinite_skips must be >= 0, got {self.max_nonfinite_skips}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
-from .checkpoint import latest_checkpoint, write_json_atomic
+from .checkpoint import last_good_checkpoint, write_json_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, active, barrier, broadcast_object, local_rows, wrap_ddp
 from .evaluation import Evaluator, autocast
@@ -33,12 +33,8 @@ from .inputs import make_input
 from .logs import EVAL_FIELDS, LOG_FIELDS, CsvLog, TensorBoard, append_bad_files
 from .recipe import BestTracker
 from .schedule import make_adamw, set_lr, warmup_cosine
-from .state import TrainerState, restore_training, save_training
+from .state import NonFiniteLoss, TrainerState, last_good_note, restore_training, save_training
 from .tasks import Task
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -102,10 +98,18 @@ class Trainer:
 
     # --- resume and save ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        path = broadcast_object(_find_resume(self.config.resume, self.out))  # every rank: rank 0's choice
+        path: Path | Exception | None = None
+        if self.info.is_main:  # rank 0 chooses (reading the candidates once); a refusal reaches every rank
+            try:
+                path = _find_resume(self.config.resume, self.out, self.log)
+            except (ValueError, FileNotFoundError) as e:
+                path = e
+        path = broadcast_object(path)
+        if isinstance(path, Exception):
+            raise path
         if path is None:
             return
-        st = restore_training(path, self.model, self.optimizer, self.scaler, self.info, self.device)
+        st = restore_training(path, self.model, self.optimizer, self.scaler, self.info, self.device, self.log)
         if st.global_batch and st.global_batch != self.global_batch:  # keep the position in samples
             st.batch_in_epoch = st.batch_in_epoch * st.global_batch // self.global_batch
             self.log(f"warning: resuming with global batch {self.global_batch} instead of {st.global_batch}; "
@@ -122,8 +126,9 @@ class Trainer:
                       name=name)
 
     # --- one step -------------------------------------------------------------------------------------------------
-    def _forward_backward(self, spec: torch.Tensor, labels: torch.Tensor, extras: dict) -> float:
-        """Forward/backward over ``accum_steps`` equal micro-batches of this rank's batch; the mean loss.
+    def _forward_backward(self, spec: torch.Tensor, labels: torch.Tensor, extras: dict) -> torch.Tensor:
+        """Forward/backward over ``accum_steps`` equal micro-batches of this rank's batch; the mean loss (a 0-d
+        float32 tensor on the device, not synchronized).
 
         Under DDP the gradient all-reduce runs only with the last micro-batch (``no_sync`` before it).
         """
@@ -143,20 +148,25 @@ class Trainer:
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
             total = total + loss.detach().float() / accum
-        return float(total)  # one device sync per step
+        return total
 
-    def _skip_nonfinite(self, loss: float) -> None:
-        st = self.state
+    def _skip_nonfinite(self, what: str) -> None:
+        """The non-finite rule, after a step whose loss or gradient norm (``what``) was NaN/Inf and whose update
+        was NOT applied: stop naming the last good checkpoint, or with ``skip_nonfinite`` skip the batch, up to
+        ``max_nonfinite_skips`` consecutive skips."""
+        cfg, st = self.config, self.state
         st.nonfinite += 1
+        st.nonfinite_run += 1
         self.optimizer.zero_grad(set_to_none=True)
-        if not self.config.skip_nonfinite:
-            raise NonFiniteLoss(
-                f"non-finite loss ({loss}) at step {st.step}; last good checkpoint: "
-                f"{latest_checkpoint(self.out) or 'none'} (resume from it with --resume auto; use --skip-nonfinite "
-                "to skip such steps)"
-            )
+        if not cfg.skip_nonfinite:
+            raise NonFiniteLoss(f"{what} at step {st.step}; {last_good_note(self.out)}; the update was not "
+                                "applied (--skip-nonfinite skips such steps)")
+        if st.nonfinite_run > cfg.max_nonfinite_skips:
+            raise NonFiniteLoss(f"{what} at step {st.step}: {st.nonfinite_run} consecutive non-finite steps, more "
+                                f"than --max-nonfinite-skips {cfg.max_nonfinite_skips}; {last_good_note(self.out)}")
         st.advance_batch()
-        self.log(f"warning: non-finite loss at step {st.step} skipped ({st.nonfinite} so far)")
+        self.log(f"warning: {what} at step {st.step}, update skipped ({st.nonfinite} so far, "
+                 f"{st.nonfinite_run} in a row)")
 
     def _step(self, batch: dict[str, Any]) -> tuple[float, float, float] | None:
         """One optimizer step on ``batch``: ``(loss, lr, grad_norm)``, or None when a non-finite loss was skipped."""
@@ -177,21 +187,32 @@ class Trainer:
         if self.picture_spec is None and self.picture_every:
             self.picture_spec = spec[:4].detach().clone()  # a fixed batch to watch the reconstructions improve
         local_loss = self._forward_backward(spec, labels, extras)
-        # one all-reduce for the loss and the bad-file count; a NaN on any rank reaches all ranks
-        loss, bad_total = _reduce_pair(local_loss, len(bad), self.device)
-        st.skipped_bad += int(round(bad_total))
-        if not math.isfinite(loss):
-            self._skip_nonfinite(loss)
-            return None
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        self.scaler.unscale_(self.optimizer)  # measure and clip the true gradients, not the scaled ones
+        # the total norm before clipping: NaN/Inf when any gradient is (clipping would not make it finite)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad or float("inf"))
+        # The non-finite rule, before any update: a NaN/Inf loss or gradient norm is never applied. Under fp16 an
+        # overflowing gradient is the grad scaler's business (it skips that update and lowers the scale), so
+        # only the loss counts there. One all-reduce carries the loss, the bad-file count and this rank's verdict:
+        # every rank decides the same.
+        grad_bad = torch.zeros((), device=grad_norm.device) if self.scaler.is_enabled() else \
+            (~torch.isfinite(grad_norm)).float()
+        loss, bad_total, grad_nonfinite, grad_norm = _reduce_step(local_loss, len(bad), grad_bad, grad_norm)
+        st.skipped_bad += int(round(bad_total))
+        if not math.isfinite(loss) or grad_nonfinite:
+            if self.scaler.is_enabled():
+                self.scaler.update()  # close the scaler's iteration (unscale_ ran); NaN gradients lower the scale
+            what = f"non-finite loss ({loss})" if not math.isfinite(loss) else \
+                f"non-finite gradient norm ({grad_norm}, loss {loss:.4g})"
+            self._skip_nonfinite(what)
+            return None
         self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         st.step += 1
+        st.nonfinite_run = 0
         st.advance_batch()
         self.losses.append(loss)
-        return loss, lr, float(grad_norm)
+        return loss, lr, grad_norm
 
     # --- what happens between steps -------------------------------------------------------------------------------
     def _log_row(self, loss: float, lr: float, grad_norm: float) -> None:
@@ -344,22 +365,30 @@ def train(
     return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate).run()
 
 
-def _reduce_pair(a: float, b: float, device: torch.device) -> tuple[float, float]:
-    """Mean of ``a`` and sum of ``b`` over ranks (one all-reduce; identity with one process)."""
-    if not active():
-        return a, b
-    import torch.distributed as dist
+def _reduce_step(loss: torch.Tensor, bad_files: int, grad_bad: torch.Tensor, grad_norm: torch.Tensor
+                 ) -> tuple[float, float, bool, float]:
+    """``(mean loss, total bad files, any rank's gradient norm non-finite, this rank's gradient norm)`` over
+    ranks: one all-reduce (none with one process) and one device sync per step. A NaN on any rank reaches all."""
+    t = torch.stack([loss.double(), torch.full_like(loss, bad_files, dtype=torch.float64), grad_bad.double().to(
+        loss.device), grad_norm.detach().double().to(loss.device)])
+    world = 1
+    if active():
+        import torch.distributed as dist
 
-    t = torch.tensor([a, b], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t[0]) / dist.get_world_size(), float(t[1])
+        world = dist.get_world_size()
+        norm = t[3].clone()
+        dist.all_reduce(t[:3])
+        t[3] = norm  # after DDP's gradient all-reduce every rank holds the same norm
+    loss_sum, bad_total, grad_flag, norm = t.tolist()
+    return loss_sum / world, bad_total, grad_flag > 0, norm
 
 
-def _find_resume(resume: str | None, out: Path) -> Path | None:
+def _find_resume(resume: str | None, out: Path, log: Callable[..., None] = print) -> Path | None:
+    """The checkpoint to resume from: ``auto`` takes the newest good one (all its weights finite)."""
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(out)
+        return last_good_checkpoint(out, log)
     p = Path(resume)
     if not p.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory")
