@@ -138,7 +138,9 @@ def test_hdf5_bad_files_are_clear_errors(tmp_path):
     make_hdf5(q, ["a.mp3"], [tone(0.5, 440)], [[3]], num_classes=10)
     with pytest.raises(DatasetError, match="expected .1, 66."):
         build_dataset(f"hdf5:{q}")
-    assert build_dataset(f"hdf5:{q}:num_classes=10", clip_seconds=0.5)[0]["label"].tolist()[3] == 1.0
+    one = build_dataset(f"hdf5:{q}:num_classes=10", clip_seconds=0.5)  # one class per clip: single-label
+    assert not one.multilabel and int(one[0]["label"]) == 3
+    assert build_dataset(f"hdf5:{q}:num_classes=10:multilabel=true", clip_seconds=0.5)[0]["label"].tolist()[3] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------- webdataset

@@ -33,7 +33,7 @@ import torch
 from ..frontend.audio import AudioFileError
 from .base import AudioDataset
 from .order import epoch_order, per_rank, rank_share
-from .shards import ShardIndex, read_class_list, scan_shards
+from .shards import LABEL_SOURCES, ShardIndex, read_class_list, scan_shards
 
 
 def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,7 +83,8 @@ class ShardStream(AudioDataset):
         num_classes: index labels ``0 .. C-1`` (when there is no class list).
         min_samples: shortest usable clip after resampling (default: one 16-frame patch).
         multilabel: multi-hot labels (default; False for a single-label set: the first label, -1 if none;
-            a set written by ``prepare`` keeps its source's kind).
+            a set written by ``prepare`` keeps its source's kind, and a set labelled by ``.cls`` members only,
+            webdataset's one-class-index-per-sample convention, is single-label).
         Other options as :class:`AudioDataset` (``clip_seconds``, ``train``, ``seed``, ``on_error``).
 
     ``streaming = True`` tells the trainer to use :class:`~maskspec_fast.train.stream_input.StreamInput`.
@@ -92,6 +93,7 @@ class ShardStream(AudioDataset):
 
     multilabel = True
     streaming = True
+    label_sources = LABEL_SOURCES  # where labels are looked for (named when none are found)
 
     def __init__(
         self,
@@ -118,6 +120,9 @@ class ShardStream(AudioDataset):
             self.multilabel = bool(multilabel)
         elif meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
             self.multilabel = False
+        elif "multilabel" not in meta and self.index.label_sources.get("cls") and \
+                not self.index.label_sources.get("json"):
+            self.multilabel = False  # `.cls` holds one class index per sample: a single-label set
         self.bad = list(self.index.bad)
         self.shuffle_buffer = int(shuffle_buffer)
         self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)

@@ -315,6 +315,7 @@ def _pretrain(args, device, con: Console) -> int:
 
 def _finetune(args, device, con: Console) -> int:
     """Fine-tune with the small-set recipe (:mod:`maskspec_fast.train.recipe`) unless options override it."""
+    from ..data.spec import require_labels
     from ..model import Classifier
     from . import recipe as recipes
     from .evaluation import describe, evaluate, make_evaluator
@@ -322,6 +323,7 @@ def _finetune(args, device, con: Console) -> int:
     from .tasks import FinetuneTask
 
     full = _dataset(args.data, args, train=True)
+    require_labels(full, args.data)
     rec = FinetuneRecipe().replace(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                                    val_fraction=args.val_fraction, patience=args.patience,
                                    eval_every_epochs=args.eval_every_epochs)
