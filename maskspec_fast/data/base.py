@@ -195,7 +195,10 @@ class FileDataset(AudioDataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.items[index][0]
-        return load_audio(path, self.sample_rate, min_samples=self.min_samples or None), path
+        from .decode import clip_window
+
+        return load_audio(path, self.sample_rate, min_samples=self.min_samples or None,
+                          **clip_window(self, index)), path
 
     @property
     def paths(self) -> list[str]:

@@ -167,7 +167,7 @@ class HDF5Audio(AudioDataset):
 
     # ---------------------------------------------------------------------------------------- samples
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
-        from .decode import decode_bytes
+        from .decode import clip_window, decode_bytes
 
         k, j = self._locate(index)
         try:
@@ -175,7 +175,8 @@ class HDF5Audio(AudioDataset):
             data = self._file(k)["mp3"][j]  # (bytes,) uint8
         except (OSError, KeyError, ValueError) as e:  # a damaged HDF5 chunk
             raise AudioFileError(f"{self.paths[k]}:{j}", f"unreadable HDF5 entry ({type(e).__name__}: {e})") from e
-        return decode_bytes(np.asarray(data, dtype=np.uint8), entry, self.sample_rate, self.min_samples), entry
+        return decode_bytes(np.asarray(data, dtype=np.uint8), entry, self.sample_rate, self.min_samples,
+                            **clip_window(self, index)), entry
 
     def _hot(self, k: int, rows: slice | int) -> np.ndarray:
         """File ``k``'s target rows as multi-hot uint8 ``(r, C)`` (``(C,)`` for one row)."""

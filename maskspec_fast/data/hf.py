@@ -234,19 +234,19 @@ class HFAudio(AudioDataset):
 
     # ---------------------------------------------------------------------------------------- samples
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
-        from .decode import decode_bytes
+        from .decode import clip_window, decode_bytes
 
         k, j = self._locate(index)
         cell = self._table(k).column(self.audio_col)[j].as_py() or {}
         name = f"{self.pieces[k][1]}:{j}:{cell.get('path') or ''}"
         data = cell.get("bytes")
         if data:
-            return decode_bytes(data, name, self.sample_rate, self.min_samples), name
+            return decode_bytes(data, name, self.sample_rate, self.min_samples, **clip_window(self, index)), name
         p = cell.get("path")
         if not p:
             raise AudioFileError(name, "audio cell has neither bytes nor a path")
         full = p if os.path.isabs(p) else str(self.root / p)
-        return load_audio(full, self.sample_rate, min_samples=self.min_samples), full
+        return load_audio(full, self.sample_rate, min_samples=self.min_samples, **clip_window(self, index)), full
 
     def _label(self, index: int) -> int | list[int]:
         if not self.label_col:

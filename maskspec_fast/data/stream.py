@@ -162,10 +162,11 @@ class ShardStream(AudioDataset):
         return data
 
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
-        from .decode import decode_bytes
+        from .decode import clip_window, decode_bytes
 
         name = self.index.member(index)
-        return decode_bytes(self.read_member(index), name, self.sample_rate, self.min_samples), name
+        return decode_bytes(self.read_member(index), name, self.sample_rate, self.min_samples,
+                            **clip_window(self, index)), name
 
     def _prepared_meta(self) -> dict:
         """``dataset.json`` written by ``prepare`` next to the first shard ({} if none)."""
