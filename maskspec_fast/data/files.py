@@ -6,6 +6,7 @@ another pipeline (e.g. DALI) can read exactly the same files in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -18,7 +19,7 @@ from ..frontend.audio import AUDIO_EXTENSIONS
 from .base import DatasetError, FileDataset
 
 
-def walk_files(root: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
+def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Files under ``root`` whose extension (case-insensitive) is in ``suffixes``, recursively, sorted; hidden
     entries (a leading ``.``) skipped. The one folder walk of every folder lister (folders, class folders, parquet
     folders).
@@ -26,10 +27,15 @@ def walk_files(root: str | os.PathLike, suffixes: Sequence[str]) -> list[Path]:
     Symbolic links to folders are followed, but each folder is entered once, keyed by ``(st_dev, st_ino)``, and each
     file is listed once (the first name met in sorted depth-first order). Why: a link back up the tree
     (``sub/up -> ..``) would otherwise list every file again on each turn of the loop until the path length limit,
-    and two links to one folder would duplicate its clips; what was left out is said in one warning.
+    and two links to one folder would duplicate its clips; what was left out is said in one warning. Folders in
+    ``outside`` are never entered (a class folder's walk stays out of the other classes and their parent).
     """
     wanted = {s.lower() for s in suffixes}
     seen_dirs: set[tuple[int, int]] = set()
+    for d in outside:
+        with contextlib.suppress(OSError):
+            st = os.stat(d)
+            seen_dirs.add((st.st_dev, st.st_ino))
     seen_files: set[tuple[int, int]] = set()
     out: list[Path] = []
     repeats: list[str] = []
@@ -126,7 +132,8 @@ class ClassFolders(FileDataset):
         for c, name in enumerate(names):
             if name not in found:
                 continue
-            files = _audio_files(root / name)
+            others = [root, *(root / n for n in found if n != name)]  # a link out of the class is not followed
+            files = walk_files(root / name, AUDIO_EXTENSIONS, outside=others)
             if not files and class_names is None:
                 raise DatasetError(f"ClassFolders: class folder {root / name} holds no audio files")
             items += [(str(f), c) for f in files]

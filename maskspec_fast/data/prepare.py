@@ -30,6 +30,7 @@ and the cause; the complete shards stay and the same command, rerun, resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -179,28 +180,40 @@ def _write_part(ds, part: Path, name: str, first: int, last: int, fmt: str, samp
 
     with open(part, "wb") as fh:
         writer = TarWriter(fh, mtime=0)  # mtime fixed: the same input gives byte-identical shards
-        for i in range(first, last):
-            _check_parent()
-            try:
-                wave, source = ds._load(i)
-                labels = ds._label(i)
-                source = source or f"{type(ds).__name__}:{i}"  # generated clips have no path
-            except AudioFileError as e:
-                if strict:
-                    raise
-                bad.append([i, e.path, e.problem])
-                continue
-            labels = [int(c) for c in (labels if isinstance(labels, (list, tuple)) else [labels]) if int(c) >= 0]
-            key = _key(i, source)
-            audio = _encode(wave, fmt, sample_rate)
-            seconds = wave.shape[0] / sample_rate
-            writer.write({"__key__": key, fmt: audio,
-                          "json": {"labels": labels, "source": source, "seconds": seconds}})
-            rows.append([key, name, source, f"{seconds:.6f}", ";".join(map(str, labels)),
-                         hashlib.sha256(audio).hexdigest()])
+        try:
+            _write_clips(ds, writer, name, first, last, fmt, sample_rate, strict, rows, bad)
+        except BaseException:
+            with contextlib.suppress(Exception):  # closed now, so it does not write again when collected
+                writer.close()
+            raise
         writer.close()
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _write_clips(ds, writer, name: str, first: int, last: int, fmt: str, sample_rate: int, strict: bool,
+                 rows: list, bad: list) -> None:
+    """Decode, encode and write clips ``[first, last)`` as samples of ``writer``; bad clips go to ``bad`` (or
+    raise with ``strict``)."""
+    for i in range(first, last):
+        _check_parent()
+        try:
+            wave, source = ds._load(i)
+            labels = ds._label(i)
+            source = source or f"{type(ds).__name__}:{i}"  # generated clips have no path
+        except AudioFileError as e:
+            if strict:
+                raise
+            bad.append([i, e.path, e.problem])
+            continue
+        labels = [int(c) for c in (labels if isinstance(labels, (list, tuple)) else [labels]) if int(c) >= 0]
+        key = _key(i, source)
+        audio = _encode(wave, fmt, sample_rate)
+        seconds = wave.shape[0] / sample_rate
+        writer.write({"__key__": key, fmt: audio,
+                      "json": {"labels": labels, "source": source, "seconds": seconds}})
+        rows.append([key, name, source, f"{seconds:.6f}", ";".join(map(str, labels)),
+                     hashlib.sha256(audio).hexdigest()])
 
 
 def _work(job: tuple) -> tuple[int, int, int]:
