@@ -49,8 +49,9 @@ def make_hdf5(path: Path, names: list[str], waves: list[np.ndarray], labels: lis
 
 
 def make_shards(folder: Path, samples: list[tuple[str, bytes, object]], per_shard: int, fmt: str = "flac",
-                prefix: str = "shard") -> str:
-    """Tar shards of ``(key, audio bytes, labels or None)``; returns the brace pattern."""
+                prefix: str = "shard", label_member: str = "json") -> str:
+    """Tar shards of ``(key, audio bytes, labels or None)``; returns the brace pattern. ``label_member="cls"``:
+    the label as webdataset's ``KEY.cls`` member (an int, written as text by TarWriter's encoder)."""
     import webdataset as wds
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,9 @@ def make_shards(folder: Path, samples: list[tuple[str, bytes, object]], per_shar
             w = wds.TarWriter(fh, mtime=0)
             for key, audio, labels in samples[s * per_shard : (s + 1) * per_shard]:
                 sample = {"__key__": key, fmt: audio}
-                if labels is not None:
+                if labels is not None and label_member == "cls":
+                    sample["cls"] = int(labels)
+                elif labels is not None:
                     sample["json"] = {"labels": labels}
                 w.write(sample)
             w.close()
@@ -92,6 +95,30 @@ def make_hf_parquet(folder: Path, table, rows_per_group: int = 3) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / "train-00000-of-00001.parquet", row_group_size=rows_per_group)
+    return folder
+
+
+def hf_string_table(audio: list[bytes], paths: list[str], labels: list[str] | None, rate: int = RATE):
+    """A table as ``datasets`` writes one whose label column is plain strings (``Value("string")``, no
+    ``ClassLabel``): the features metadata names the column's type only."""
+    import pyarrow as pa
+
+    cols = {"audio": pa.array([{"bytes": b, "path": p} for b, p in zip(audio, paths)],
+                              type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
+    feats: dict = {"audio": {"sampling_rate": rate, "_type": "Audio"}}
+    if labels is not None:
+        cols["label"] = pa.array(labels, type=pa.string())
+        feats["label"] = {"dtype": "string", "_type": "Value"}
+    return pa.table(cols).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": feats}})})
+
+
+def make_hf_hub(folder: Path, splits: dict, rows_per_group: int = 2) -> Path:
+    """The hub's parquet layout (what ``push_to_hub`` writes): ``data/<split>-00000-of-00001.parquet`` per split."""
+    import pyarrow.parquet as pq
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, table in splits.items():
+        pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet", row_group_size=rows_per_group)
     return folder
 
 

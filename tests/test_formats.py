@@ -138,7 +138,9 @@ def test_hdf5_bad_files_are_clear_errors(tmp_path):
     make_hdf5(q, ["a.mp3"], [tone(0.5, 440)], [[3]], num_classes=10)
     with pytest.raises(DatasetError, match="expected .1, 66."):
         build_dataset(f"hdf5:{q}")
-    assert build_dataset(f"hdf5:{q}:num_classes=10", clip_seconds=0.5)[0]["label"].tolist()[3] == 1.0
+    one = build_dataset(f"hdf5:{q}:num_classes=10", clip_seconds=0.5)  # one class per clip: single-label
+    assert not one.multilabel and int(one[0]["label"]) == 3
+    assert build_dataset(f"hdf5:{q}:num_classes=10:multilabel=true", clip_seconds=0.5)[0]["label"].tolist()[3] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------- webdataset
@@ -284,3 +286,131 @@ def test_webdataset_single_label_option(tmp_path):
     ds = build_dataset(f"webdataset:{pattern}:multilabel=false", clip_seconds=0.5)
     assert not ds.multilabel and [int(ds[i]["label"]) for i in range(4)] == [0, 1, 0, 1]
     assert build_dataset(f"webdataset:{pattern}", clip_seconds=0.5)[1]["label"].tolist() == [0.0, 1.0]
+
+
+# ------------------------------------------------------------------------ formats as their producers write them
+SMALL_FT = ["--steps", "1", "--batch-size", "2", "--clip-seconds", "0.32", "--set", "embed_dim=32", "--set",
+            "depth=1", "--set", "num_heads=2", "--picture-every", "0", "--quiet", "--threads", "2", "--workers", "0",
+            "--val-fraction", "0", "--no-refit-head"]
+
+
+@pytest.fixture
+def hub_parquet(tmp_path):
+    """A hub-style parquet folder (data/train-*, data/test-*) whose labels are plain strings (no ClassLabel)."""
+    pytest.importorskip("pyarrow")
+    from audio_sets import hf_string_table, make_hf_hub
+
+    def table(n, offset):
+        audio = [encode(tone(0.4, 300 + 50 * (i + offset), seed=i), "FLAC") for i in range(n)]
+        labels = [["dog", "cat", "bird"][(i + offset) % 3] for i in range(n)]
+        return hf_string_table(audio, [f"{offset + i}.flac" for i in range(n)], labels), labels
+
+    (train, train_labels), (test, test_labels) = table(6, 0), table(3, 100)
+    return make_hf_hub(tmp_path / "hub", {"train": train, "test": test}), train_labels, test_labels
+
+
+def test_hf_hub_splits_are_read_apart_and_string_labels_map_to_sorted_names(hub_parquet):
+    root, train_labels, test_labels = hub_parquet
+    train = build_dataset(f"hf:{root}:split=train", clip_seconds=0.3)
+    test = build_dataset(f"hf:{root}:split=test", clip_seconds=0.3)
+    assert (len(train), len(test)) == (6, 3)  # not 9 and 9: the splits are never merged
+    assert len(build_dataset(f"hf:{root}", clip_seconds=0.3)) == 6  # no split asked: train
+    assert train.class_names == ["bird", "cat", "dog"] and not train.multilabel  # sorted, as manifests and shards
+    assert [train.class_names[int(train[i]["label"])] for i in range(6)] == train_labels
+    assert [test.class_names[int(test[i]["label"])] for i in range(3)] == test_labels
+    assert all(test[i]["path"].split(":")[0].endswith("test-00000-of-00001.parquet") for i in range(3))
+    with pytest.raises(DatasetError, match=r"has no split 'validation' \(splits found: test, train\)"):
+        build_dataset(f"hf:{root}:split=validation")
+
+
+def test_cli_finetunes_on_hub_splits_with_string_labels(hub_parquet, tmp_path, capsys):
+    import json
+
+    from maskspec_fast.train.cli import main
+
+    root = hub_parquet[0]
+    out = tmp_path / "ft"
+    args = ["finetune", "--data", f"hf:{root}:split=train", "--eval-data", f"hf:{root}:split=test", *SMALL_FT,
+            "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "accuracy" in json.dumps(summary["eval"]) and '"clips": 3' in json.dumps(summary["eval"])
+    assert "fine-tuning 6 clips (3 classes, multilabel=False)" in capsys.readouterr().out
+
+
+def test_webdataset_cls_members_are_labels(tmp_path, capsys):
+    """`.cls` members as webdataset's TarWriter writes them (the class index as text): a single-label set."""
+    import json
+
+    from maskspec_fast.train.cli import main
+
+    samples = [(f"c{i}", encode(tone(0.4, 400 + 30 * i, seed=i), "FLAC"), i % 3) for i in range(6)]
+    pattern = make_shards(tmp_path / "cls", samples, per_shard=4, label_member="cls")
+    ds = build_dataset(f"webdataset:{pattern}", clip_seconds=0.3)
+    assert ds.class_names == ["0", "1", "2"] and not ds.multilabel
+    assert [int(ds[i]["label"]) for i in range(6)] == [i % 3 for i in range(6)]
+    assert build_dataset(f"webdataset:{pattern}:multilabel=true", clip_seconds=0.3)[4]["label"].tolist() == [0, 1, 0]
+    out = tmp_path / "ft"
+    spec = f"webdataset:{pattern}"
+    assert main(["finetune", "--data", spec, "--eval-data", spec, *SMALL_FT, "--out", str(out)]) == 0
+    assert "accuracy" in json.dumps(json.loads((out / "summary.json").read_text())["eval"])
+
+
+def test_finetuning_a_set_without_labels_says_where_labels_were_looked_for(tmp_path, capsys):
+    from maskspec_fast.train.cli import main
+
+    samples = [(f"u{i}", encode(tone(0.4, 400 + 30 * i, seed=i), "FLAC"), None) for i in range(4)]
+    pattern = make_shards(tmp_path / "none", samples, per_shard=4)
+    capsys.readouterr()
+    assert main(["finetune", "--data", f"webdataset:{pattern}", *SMALL_FT, "--out", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no labels found" in err and ".cls" in err and "'labels'" in err
+    assert "Traceback" not in err and "num_classes must be" not in err
+
+
+@pytest.fixture
+def esc50_h5(tmp_path):
+    """One ESC-50 fold as the MaskSpec / PaSST scripts pack it: one-hot rows of 50 classes, np.packbits."""
+    waves = [tone(0.4, 300 + 40 * i, seed=i) for i in range(6)]
+    names = [f"1-{i}-A-{7 * i % 50}.mp3" for i in range(6)]
+    labels = [[7 * i % 50] for i in range(6)]
+    path = tmp_path / "esc50_fold1.h5"
+    make_hdf5(path, names, waves, labels, num_classes=50)
+    return path, [lab[0] for lab in labels]
+
+
+def test_hdf5_single_label_esc50_is_detected_or_declared(esc50_h5, tmp_path):
+    import h5py
+
+    path, labels = esc50_h5
+    ds = build_dataset(f"hdf5:{path}:num_classes=50", clip_seconds=0.3)
+    assert not ds.multilabel and ds.num_classes == 50 and [int(ds[i]["label"]) for i in range(6)] == labels
+    assert not build_dataset(f"hdf5:{path}:num_classes=50:multilabel=false", clip_seconds=0.3).multilabel
+    multi = build_dataset(f"hdf5:{path}:num_classes=50:multilabel=true", clip_seconds=0.3)
+    assert multi.multilabel and torch.nonzero(multi[1]["label"]).flatten().tolist() == [labels[1]]
+    # integer targets (one class index per clip): single-label, the classes they use
+    ints = tmp_path / "ints.h5"
+    make_hdf5(ints, ["a.mp3", "b.mp3", "c.mp3"], [tone(0.4, 500 + 50 * i) for i in range(3)], None)
+    with h5py.File(ints, "a") as f:
+        f.create_dataset("target", data=np.array([4, 0, 2], dtype=np.int64))
+    ids = build_dataset(f"hdf5:{ints}", clip_seconds=0.3)
+    assert not ids.multilabel and ids.num_classes == 5 and [int(ids[i]["label"]) for i in range(3)] == [4, 0, 2]
+    # multilabel=false on multi-hot rows: one line naming the file and the row, no TypeError
+    multi_rows = tmp_path / "multi.h5"
+    make_hdf5(multi_rows, ["a.mp3", "b.mp3"], [tone(0.4, 500), tone(0.4, 600)], [[1], [2, 3]], num_classes=10)
+    with pytest.raises(DatasetError, match=rf"multilabel=false, but {multi_rows} row 1 has 2 classes"):
+        build_dataset(f"hdf5:{multi_rows}:num_classes=10:multilabel=false")
+    assert build_dataset(f"hdf5:{multi_rows}:num_classes=10", clip_seconds=0.3).multilabel
+
+
+def test_cli_finetunes_the_esc50_hdf5_with_cross_entropy_and_accuracy(esc50_h5, tmp_path):
+    import json
+
+    from maskspec_fast.train.cli import main
+
+    path, _ = esc50_h5
+    out = tmp_path / "ft"
+    spec = f"hdf5:{path}:num_classes=50"
+    assert main(["finetune", "--data", spec, "--eval-data", spec, *SMALL_FT, "--out", str(out)]) == 0
+    ev = json.dumps(json.loads((out / "summary.json").read_text())["eval"])
+    assert "accuracy" in ev and "mAP" not in ev

@@ -13,6 +13,8 @@ then train with the --data spec it prints, e.g.
 
 A killed run is resumed by running the same command again: complete shards are kept, the rest are redone.
 Clips that cannot be decoded are left out and listed in OUT_DIR/bad_files.csv (--strict: stop at the first).
+One prepare at a time writes to OUT_DIR (a lock file; a second one stops with an error). A full disk stops the run
+with one line; the complete shards are kept and the same command resumes.
 """
 
 
@@ -39,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..frontend.audio import AudioFileError
     from .base import DatasetError
-    from .prepare import prepare
+    from .prepare import PrepareError, prepare
 
     args = build_parser().parse_args(argv)
     try:
         prepare(args.src, args.out, shard_size=args.shard_size, workers=args.workers, fmt=args.format,
                 sample_rate=args.sample_rate, progress=not args.quiet, strict=args.strict)
-    except (DatasetError, AudioFileError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, AudioFileError, PrepareError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -51,6 +51,7 @@ class AudioDataset(Dataset):
     class_names: list[str] = []
     streaming: bool = False  # a MapSource (maskspec_fast.data.interfaces); ShardStream overrides
     provides: Literal["wave", "spec"] = "wave"
+    label_sources: Any = "labels"  # where labels are looked for (named by require_labels when none are found)
 
     def __init__(
         self,
@@ -201,7 +202,10 @@ class FileDataset(AudioDataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.items[index][0]
-        return load_audio(path, self.sample_rate, min_samples=self.min_samples or None), path
+        from .decode import clip_window
+
+        return load_audio(path, self.sample_rate, min_samples=self.min_samples or None,
+                          **clip_window(self, index)), path
 
     @property
     def paths(self) -> list[str]:

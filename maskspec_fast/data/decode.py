@@ -17,7 +17,7 @@ import struct
 import numpy as np
 import torch
 
-from ..frontend.audio import SAMPLE_RATE, AudioFileError, resample
+from ..frontend.audio import SAMPLE_RATE, AudioFileError, decode_window, soundfile_reader
 
 
 def parse_pcm16_wav(data: bytes | memoryview) -> tuple[np.ndarray, int] | None:
@@ -54,11 +54,15 @@ def decode_bytes(
     name: str,
     sample_rate: int = SAMPLE_RATE,
     min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Decode the bytes of an audio file (wav, flac, ogg, mp3) to ``(N,)`` float32 mono at ``sample_rate`` Hz.
 
     ``N = ceil(frames * sample_rate / file_rate)``. Raises :class:`AudioFileError` ``(name, problem)`` for empty
-    data, undecodable data, 0 samples, NaN/Inf samples, and fewer than ``min_samples`` samples when given.
+    data, undecodable data, 0 samples, NaN/Inf samples, a rate or length outside the decode budget, and fewer
+    than ``min_samples`` samples when given. ``max_samples`` / ``generator``: only a window (as
+    :func:`~maskspec_fast.frontend.audio.decode_window`).
     """
     if isinstance(data, np.ndarray):
         data = data.tobytes() if data.dtype != np.uint8 or not data.flags.c_contiguous else memoryview(data)
@@ -67,33 +71,31 @@ def decode_bytes(
     parsed = parse_pcm16_wav(data)
     if parsed is not None:
         pcm, sr = parsed
-        mono = pcm[:, 0].astype(np.float32) if pcm.shape[1] == 1 else pcm.astype(np.float32).mean(axis=1)
-        mono *= np.float32(1.0 / 32768.0)
-        frames = pcm.shape[0]
-    else:
-        import soundfile as sf
 
-        try:
-            wave, sr = sf.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)  # (frames, channels)
-        except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
-            raise AudioFileError(name, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
-        frames = wave.shape[0]
-        mono = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
-    if frames == 0:
-        raise AudioFileError(name, "empty audio (0 samples)")
-    if not np.isfinite(mono).all():
-        bad = int((~np.isfinite(mono)).sum())
-        raise AudioFileError(name, f"decoded waveform contains NaN/Inf ({bad} of {mono.shape[0]} samples)")
-    out = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
-    if sr != sample_rate:
-        out = resample(out, int(sr), int(sample_rate))
-    if min_samples is not None and out.shape[0] < min_samples:
-        raise AudioFileError(
-            name,
-            f"too short: {out.shape[0]} samples at {sample_rate} Hz after resampling (from {frames} at {sr} Hz), "
-            f"need at least {min_samples}",
-        )
-    return out
+        def read(a: int, b: int) -> np.ndarray:
+            part = pcm[a:b]
+            mono = part[:, 0].astype(np.float32) if pcm.shape[1] == 1 else part.astype(np.float32).mean(axis=1)
+            mono *= np.float32(1.0 / 32768.0)
+            return mono
+
+        return decode_window(read, pcm.shape[0], int(sr), name, sample_rate, min_samples, max_samples, generator)
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(io.BytesIO(bytes(data)))
+    except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
+        raise AudioFileError(name, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
+    with f:
+        return decode_window(soundfile_reader(f, name), f.frames, f.samplerate, name, sample_rate, min_samples,
+                             max_samples, generator)
+
+
+def clip_window(ds, index: int) -> dict:
+    """The decode window of clip ``index`` of data set ``ds``: ``max_samples`` (its clip length) and, when it
+    crops at random, the generator of that crop; ``{}`` (the whole file) for ``ds.whole_clips`` (``prepare``)."""
+    if getattr(ds, "whole_clips", False):
+        return {}
+    return {"max_samples": ds.clip_samples, "generator": ds._generator(index) if ds.train else None}
 
 
 def encode_pcm16_wav(wave: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -105,4 +107,4 @@ def encode_pcm16_wav(wave: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_
     return header + pcm
 
 
-__all__ = ["decode_bytes", "encode_pcm16_wav", "parse_pcm16_wav"]
+__all__ = ["clip_window", "decode_bytes", "encode_pcm16_wav", "parse_pcm16_wav"]

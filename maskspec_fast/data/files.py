@@ -6,6 +6,7 @@ another pipeline (e.g. DALI) can read exactly the same files in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -18,15 +19,67 @@ from ..frontend.audio import AUDIO_EXTENSIONS
 from .base import DatasetError, FileDataset
 
 
-def _audio_files(root: Path) -> list[Path]:
-    """Audio files under ``root`` (recursive, extension case-insensitive, hidden entries skipped), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
-                out.append(Path(dirpath) / name)
+def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Files under ``root`` whose extension (case-insensitive) is in ``suffixes``, recursively, sorted; hidden
+    entries (a leading ``.``) skipped. The one folder walk of every folder lister (folders, class folders, parquet
+    folders).
+
+    Symbolic links to folders are followed, but each folder is entered once, keyed by ``(st_dev, st_ino)``, and each
+    file is listed once (the first name met in sorted depth-first order). Why: a link back up the tree
+    (``sub/up -> ..``) would otherwise list every file again on each turn of the loop until the path length limit,
+    and two links to one folder would duplicate its clips; what was left out is said in one warning. Folders in
+    ``outside`` are never entered (a class folder's walk stays out of the other classes and their parent).
+    """
+    wanted = {s.lower() for s in suffixes}
+    seen_dirs: set[tuple[int, int]] = set()
+    for d in outside:
+        with contextlib.suppress(OSError):
+            st = os.stat(d)
+            seen_dirs.add((st.st_dev, st.st_ino))
+    seen_files: set[tuple[int, int]] = set()
+    out: list[Path] = []
+    repeats: list[str] = []
+    stack = [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            if key in seen_dirs:
+                repeats.append(folder)
+                continue
+            seen_dirs.add(key)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:  # unreadable folder or a dangling link: said, not silently skipped
+            warnings.warn(f"{folder}: cannot be listed ({e.strerror or e}); its files are left out", stacklevel=3)
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():  # follows links
+                    subdirs.append(e.path)
+                elif os.path.splitext(e.name)[1].lower() in wanted and e.is_file():
+                    fst = e.stat()
+                    fkey = (fst.st_dev, fst.st_ino)
+                    if fkey in seen_files:
+                        repeats.append(e.path)
+                        continue
+                    seen_files.add(fkey)
+                    out.append(Path(e.path))
+            except OSError:  # a dangling link: not a file we could read
+                continue
+        stack.extend(reversed(subdirs))  # depth-first in sorted order
+    if repeats:
+        warnings.warn(f"{root}: {len(repeats)} folder(s) or file(s) reached a second time through links were listed "
+                      f"once (e.g. {repeats[0]})", stacklevel=3)
     return sorted(out)
+
+
+def _audio_files(root: Path) -> list[Path]:
+    """Audio files under ``root`` (:func:`walk_files` with the audio extensions)."""
+    return walk_files(root, AUDIO_EXTENSIONS)
 
 
 def _check_dir(root: str | os.PathLike, what: str) -> Path:
@@ -41,6 +94,7 @@ class AudioFolder(FileDataset):
     for pre-training. ``num_classes`` is 0."""
 
     multilabel = False
+    label_sources = "none: folder: is unlabeled (use classes:DIR, one sub-folder per class, or manifest:FILE)"
 
     def __init__(self, root: str | os.PathLike, clip_seconds: float = 10.0, **kwargs):
         root = _check_dir(root, "AudioFolder")
@@ -78,7 +132,8 @@ class ClassFolders(FileDataset):
         for c, name in enumerate(names):
             if name not in found:
                 continue
-            files = _audio_files(root / name)
+            others = [root, *(root / n for n in found if n != name)]  # a link out of the class is not followed
+            files = walk_files(root / name, AUDIO_EXTENSIONS, outside=others)
             if not files and class_names is None:
                 raise DatasetError(f"ClassFolders: class folder {root / name} holds no audio files")
             items += [(str(f), c) for f in files]
@@ -213,6 +268,7 @@ class Manifest(FileDataset):
     """
 
     multilabel = True
+    label_sources = f"the label column ({' / '.join(_LABEL_KEYS)}) of each row"
 
     def __init__(
         self,
@@ -294,4 +350,4 @@ def _parse_jsonl(mpath: Path, text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-__all__ = ["AudioFolder", "ClassFolders", "ESC50", "Manifest"]
+__all__ = ["AudioFolder", "ClassFolders", "ESC50", "Manifest", "walk_files"]

@@ -38,6 +38,7 @@ class Source(Protocol):
     * ``provides``: ``"wave"`` (mono waveform at ``sample_rate``) or ``"spec"`` (log-mel ``(n_mels, T)``).
     * ``clip_seconds``, ``sample_rate``: the length and rate of every clip.
     * ``num_classes``, ``class_names``, ``multilabel``: the label space (0 classes: unlabeled).
+    * ``label_sources``: where this kind of source looks for labels (named when none were found).
     * ``labels()``: every clip's label without decoding audio: ``(N,)`` int64 (-1: unlabeled) or ``(N, C)``
       float32 multi-hot.
     * ``subset(indices)``: the clips ``indices`` as a source of the same kind (module doc).
@@ -50,6 +51,7 @@ class Source(Protocol):
     sample_rate: int
     multilabel: bool
     class_names: list[str]
+    label_sources: Any
 
     @property
     def num_classes(self) -> int: ...

@@ -4,8 +4,10 @@ WebDataset conventions (webdataset docs): a shard is a plain tar; consecutive me
 sample, where ``key, field = base_plus_ext(member name)`` (the key is the name up to the first dot of its last
 path component, the field is the rest: ``"a/Y--x.flac" -> ("a/Y--x", "flac")``); shard lists are brace patterns
 (``shard-{000000..000999}.tar``, several patterns joined by ``::``). A sample here is one audio member
-(``flac``, ``wav``, ``mp3``, ``ogg``) plus an optional ``json`` member whose ``labels`` (or ``label``) are class
-indices or class names.
+(``flac``, ``wav``, ``mp3``, ``ogg``) plus its labels: a ``cls`` member (webdataset's convention: the class index as
+text, e.g. ``3``) and/or a ``json`` member whose ``labels`` (or ``label``, ``cls``) are class indices or class
+names; both are read (their union). A member that is not a regular file (a symbolic or hard link, a device) has
+no bytes in the shard: it is a problem like any other (below), never silently dropped.
 
 The scan reads tar headers only (plus the small json members), so a sample's audio can later be read by offset
 from any process: this is what lets the streaming source give each rank and DataLoader worker exactly its
@@ -29,6 +31,10 @@ import numpy as np
 from .base import DatasetError
 
 AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
+JSON_LABEL_KEYS = ("labels", "label", "cls")
+LABEL_SOURCES = "`.cls` members (a class index as text) and the 'labels' / 'label' / 'cls' keys of `.json` members"
+_KIND = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
+         tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}
 
 
 def expand_shards(pattern: str | Sequence[str]) -> list[str]:
@@ -86,6 +92,7 @@ class ShardIndex:
     shard_starts: np.ndarray
     class_names: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)
+    label_sources: dict[str, int] = field(default_factory=dict)  # label members read by kind: {"cls": n, "json": m}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -119,8 +126,10 @@ def _sidecar(path: str) -> list[tuple[str, str, int, int, object]] | None:
         return None
 
 
-def _scan_one(path: str, on_error: str, bad: list) -> list[tuple[str, str, int, int, object]]:
-    """``[(key, field, offset, size, raw labels or None)]`` of one shard; problems raise or go to ``bad``."""
+def _scan_one(path: str, on_error: str, bad: list, sources: dict | None = None) -> list[tuple[str, str, int, int, object]]:
+    """``[(key, field, offset, size, raw labels or None)]`` of one shard; problems raise or go to ``bad``;
+    ``sources`` counts the label members read by kind (``{"cls": n, "json": m}``)."""
+    sources = {} if sources is None else sources
 
     def problem(where: str, what: str) -> None:
         if on_error == "raise":
@@ -154,16 +163,29 @@ def _scan_one(path: str, on_error: str, bad: list) -> list[tuple[str, str, int, 
                     if tf.offset >= total:  # the two zero blocks that end an archive are missing
                         problem(path, f"truncated tar: no end-of-archive marker after {len(out)} samples")
                     break
-                if not m.isfile():
-                    continue
+                if m.isdir():
+                    continue  # a folder entry carries no sample data (``tar cf shard.tar dir/`` writes them)
                 key, ext = split_key(m.name)
+                if not m.isfile():  # a link, device or fifo has no bytes here: webdataset would drop it unsaid
+                    problem(f"{path}:{m.name}", f"not a regular file ({_KIND.get(m.type, 'special member')}"
+                            + (f" -> {m.linkname}" if m.linkname else "") + "): its sample is left out")
+                    if cur is not None and cur["key"] == key:
+                        cur["broken"] = True  # reported here, once; not again as "no audio member"
+                    else:
+                        close(cur)
+                        cur = {"key": key, "broken": True}
+                    continue
                 if m.offset_data + m.size > total:
                     problem(f"{path}:{m.name}", f"truncated tar: member needs {m.size} bytes at "
                             f"{m.offset_data}, the file ends at {total}")
+                    if cur is not None and cur["key"] == key:
+                        cur["broken"] = True  # the sample cut here is reported once, as truncated
                     break
                 if cur is None or cur["key"] != key:
                     close(cur)
                     cur = {"key": key}
+                elif cur.get("broken"):
+                    continue  # the rest of a sample already reported
                 low = ext.lower()
                 if low in AUDIO_FIELDS and "audio" not in cur:
                     cur["audio"] = (low, m.offset_data, m.size)
@@ -174,8 +196,20 @@ def _scan_one(path: str, on_error: str, bad: list) -> list[tuple[str, str, int, 
                         problem(f"{path}:{m.name}", f"unreadable json ({e})")
                         cur["broken"] = True
                         continue
-                    raw = meta.get("labels", meta.get("label")) if isinstance(meta, dict) else None
-                    cur["labels"] = [] if raw is None else (raw if isinstance(raw, list) else [raw])
+                    raw = next((meta[k] for k in JSON_LABEL_KEYS if k in meta), None) if isinstance(meta, dict) \
+                        else None
+                    if raw is not None:
+                        cur["labels"] = cur.get("labels", []) + (raw if isinstance(raw, list) else [raw])
+                        sources["json"] = sources.get("json", 0) + 1
+                elif low == "cls":  # webdataset's class member: the class index as text ("3\n")
+                    text = tf.extractfile(m).read().decode("utf-8", "replace").strip()
+                    try:
+                        lab: int | str = int(text)
+                    except ValueError:
+                        lab = text  # a class name: looked up in the class list like a json name
+                    if text:
+                        cur["labels"] = cur.get("labels", []) + [lab]
+                        sources["cls"] = sources.get("cls", 0) + 1
             close(cur)
     except tarfile.ReadError as e:  # not a tar at all (or compressed)
         problem(path, f"not an uncompressed tar file ({e})")
@@ -195,7 +229,9 @@ def scan_shards(
     shards = expand_shards(pattern)
     bad: list[tuple[str, str]] = []
     per_shard = [_sidecar(p) if os.path.isfile(p) else None for p in shards]
-    per_shard = [rows if rows is not None else _scan_one(p, on_error, bad) for p, rows in zip(shards, per_shard)]
+    sources: dict[str, int] = {}
+    per_shard = [rows if rows is not None else _scan_one(p, on_error, bad, sources)
+                 for p, rows in zip(shards, per_shard)]
     if class_names is None and num_classes is None:
         meta = Path(shards[0]).parent / "dataset.json"
         if meta.is_file():
@@ -253,7 +289,8 @@ def scan_shards(
         shard_starts=np.asarray(starts, dtype=np.int64),
         class_names=names,
         bad=bad,
+        label_sources=sources,
     )
 
 
-__all__ = ["AUDIO_FIELDS", "ShardIndex", "expand_shards", "read_class_list", "scan_shards", "split_key"]
+__all__ = ["AUDIO_FIELDS", "LABEL_SOURCES", "ShardIndex", "expand_shards", "read_class_list", "scan_shards", "split_key"]

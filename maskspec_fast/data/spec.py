@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import AudioDataset
+from .base import AudioDataset, DatasetError
 from .files import ESC50, AudioFolder, ClassFolders, Manifest
 from .hdf5 import HDF5Audio
 from .hf import HFAudio
@@ -99,4 +99,13 @@ def build_dataset(spec: str, **kwargs: Any) -> AudioDataset:
     return KINDS[kind](arg, **kwargs)
 
 
-__all__ = ["KINDS", "build_dataset", "parse_spec"]
+def require_labels(dataset: AudioDataset, spec: str) -> None:
+    """Raise a one-line :class:`DatasetError` when ``dataset`` has no classes (fine-tuning and evaluation need
+    them), naming the spec and where its kind looks for labels (``label_sources`` of the set's class)."""
+    if dataset.num_classes >= 1:
+        return
+    where = dataset.label_sources
+    raise DatasetError(f"{spec}: no labels found (looked for {where}); fine-tuning needs a labelled set")
+
+
+__all__ = ["KINDS", "build_dataset", "parse_spec", "require_labels"]

@@ -35,7 +35,7 @@ from ..frontend.audio import AudioFileError
 from .base import AudioDataset
 from .labels import labels_tensor
 from .order import epoch_order, per_rank, rank_share
-from .shards import ShardIndex, read_class_list, scan_shards
+from .shards import LABEL_SOURCES, ShardIndex, read_class_list, scan_shards
 
 
 def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,7 +85,8 @@ class ShardStream(AudioDataset):
         num_classes: index labels ``0 .. C-1`` (when there is no class list).
         min_samples: shortest usable clip after resampling (default: one 16-frame patch).
         multilabel: multi-hot labels (default; False for a single-label set: the first label, -1 if none;
-            a set written by ``prepare`` keeps its source's kind).
+            a set written by ``prepare`` keeps its source's kind, and a set labelled by ``.cls`` members only,
+            webdataset's one-class-index-per-sample convention, is single-label).
         Other options as :class:`AudioDataset` (``clip_seconds``, ``train``, ``seed``, ``on_error``).
 
     A :class:`~maskspec_fast.data.interfaces.StreamSource` (``streaming = True``): the trainer reads it through
@@ -95,6 +96,7 @@ class ShardStream(AudioDataset):
 
     multilabel = True
     streaming = True
+    label_sources = LABEL_SOURCES  # where labels are looked for (named when none are found)
 
     def __init__(
         self,
@@ -121,6 +123,9 @@ class ShardStream(AudioDataset):
             self.multilabel = bool(multilabel)
         elif meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
             self.multilabel = False
+        elif "multilabel" not in meta and self.index.label_sources.get("cls") and \
+                not self.index.label_sources.get("json"):
+            self.multilabel = False  # `.cls` holds one class index per sample: a single-label set
         self.bad = list(self.index.bad)
         self.shuffle_buffer = int(shuffle_buffer)
         self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
@@ -160,10 +165,11 @@ class ShardStream(AudioDataset):
         return data
 
     def _load(self, index: int) -> tuple[torch.Tensor, str]:
-        from .decode import decode_bytes
+        from .decode import clip_window, decode_bytes
 
         name = self.index.member(index)
-        return decode_bytes(self.read_member(index), name, self.sample_rate, self.min_samples), name
+        return decode_bytes(self.read_member(index), name, self.sample_rate, self.min_samples,
+                            **clip_window(self, index)), name
 
     def _prepared_meta(self) -> dict:
         """``dataset.json`` written by ``prepare`` next to the first shard ({} if none)."""
@@ -305,6 +311,7 @@ class StreamSubset:
         self.ids = as_ids(indices, len(parent), "ShardStream")
         self.clip_seconds, self.sample_rate = parent.clip_seconds, parent.sample_rate
         self.multilabel, self.class_names = parent.multilabel, list(parent.class_names)
+        self.label_sources = parent.label_sources
 
     @property
     def num_classes(self) -> int:

@@ -41,6 +41,7 @@ class MapSubset(Dataset):
         self.provides = parent.provides
         self.clip_seconds, self.sample_rate = parent.clip_seconds, parent.sample_rate
         self.multilabel, self.class_names = parent.multilabel, list(parent.class_names)
+        self.label_sources = parent.label_sources
         self._num_classes = parent.num_classes
         self._labels: torch.Tensor | None = None
 

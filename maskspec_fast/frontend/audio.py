@@ -104,16 +104,128 @@ def crop_or_pad(
     return wave[..., start : start + num_samples]
 
 
+# The decode budget (one rule for every input path: files, HDF5 / tar / parquet bytes): what a file may declare
+# before a byte of it is resampled. Rates: 1 kHz (below, no audio event survives; a 1 Hz header turned 4 KB into
+# half an hour of samples) to 384 kHz (the highest rate of common studio formats). Length: a whole-file decode
+# (embedding a file, preparing shards) stops at MAX_SECONDS; a training or evaluation clip reads only the frames of
+# its window (plus the resampler's reach), so its cost follows the clip length, not the length the file declares.
+MIN_RATE = 1_000
+MAX_RATE = 384_000
+MAX_SECONDS = 4 * 3600
+
+
+def check_rate(path: str | os.PathLike, rate: int) -> None:
+    """AudioFileError unless ``MIN_RATE <= rate <= MAX_RATE`` (the decode budget above)."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioFileError(path, f"sample rate {rate} Hz is outside the accepted {MIN_RATE}..{MAX_RATE} Hz "
+                                   "(a damaged or hostile header?)")
+
+
+def input_window(frames: int, orig_sr: int, new_sr: int, start: int, num: int) -> tuple[int, int, int]:
+    """``(a, b, skip)``: resampling input frames ``[a, b)`` and keeping ``[skip, skip + num)`` gives output
+    samples ``[start, start + num)`` of the whole file's resampling, the same values.
+
+    Why it is the same: ``a`` is a multiple of ``down`` (the polyphase filter's phase at ``a`` is the one the whole
+    file has there, output ``a * up / down`` lines up with an input frame), and ``[a, b)`` reaches the filter's
+    half-length beyond the window on both sides (or the file's ends), so each kept output sums the same inputs.
+    """
+    if orig_sr == new_sr:
+        return start, min(frames, start + num), 0
+    g = math.gcd(orig_sr, new_sr)
+    up, down = new_sr // g, orig_sr // g
+    reach = (len(polyphase_lowpass(up, down)) // 2) // up + 2  # input frames the filter spans on each side
+    first = start * down // up - reach
+    m = max(0, first // down)
+    b = min(frames, -(-(start + num) * down // up) + reach)
+    return m * down, b, start - m * up
+
+
+def decode_window(
+    read,
+    frames: int,
+    rate: int,
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The one decode rule behind :func:`load_audio` and ``decode_bytes``: checks the budget, reads only the frames
+    needed, down-mixes, resamples.
+
+    ``read(a, b)`` returns input frames ``[a, b)`` as ``(n,)`` float32 mono; ``frames`` and ``rate`` are what the
+    header declares. The output is ``N = ceil(frames * sample_rate / rate)`` samples long as a whole; with
+    ``max_samples`` only the window ``[s, s + min(max_samples, N - s))`` is produced, ``s = 0``, or with
+    ``generator`` the draw :func:`crop_or_pad` makes (``s ~ U{0 .. N - max_samples}``), so a caller's crop equals
+    cropping the whole decode.
+    """
+    check_rate(path, rate)
+    if frames <= 0:
+        raise AudioFileError(path, "empty audio (0 samples)")
+    n_out = -(-frames * sample_rate // rate)
+    if min_samples is not None and n_out < min_samples:
+        raise AudioFileError(
+            path,
+            f"too short: {n_out} samples at {sample_rate} Hz after resampling (from {frames} at {rate} Hz), "
+            f"need at least {min_samples}",
+        )
+    if max_samples is None:
+        if n_out > MAX_SECONDS * sample_rate:
+            raise AudioFileError(path, f"declares {frames / rate / 3600:.2f} h of audio, over the decode budget of "
+                                       f"{MAX_SECONDS / 3600:g} h for a whole file")
+        start, num = 0, n_out
+    else:
+        start = 0
+        if generator is not None and n_out > max_samples:
+            start = int(torch.randint(0, n_out - max_samples + 1, (), generator=generator).item())
+        num = min(max_samples, n_out - start)
+    a, b, skip = input_window(frames, rate, sample_rate, start, num)
+    mono = read(a, b)
+    if mono.shape[0] == 0:
+        raise AudioFileError(path, "empty audio (0 samples)")
+    if not np.isfinite(mono).all():
+        bad = int((~np.isfinite(mono)).sum())
+        raise AudioFileError(path, f"decoded waveform contains NaN/Inf ({bad} of {mono.shape[0]} samples)")
+    if rate != sample_rate:
+        mono = _resample_np(mono, int(rate), int(sample_rate)).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(mono[skip : skip + num], dtype=np.float32))
+
+
+def soundfile_reader(f, path: str | os.PathLike):
+    """``read(a, b)`` for :func:`decode_window` over an open ``soundfile.SoundFile``: seeks to ``a`` (or reads
+    and drops the frames before it where the format cannot seek) and reads ``b - a`` frames, down-mixed."""
+
+    def read(a: int, b: int) -> np.ndarray:
+        try:
+            if a:
+                if f.seekable():
+                    f.seek(a)
+                else:
+                    f.read(a, dtype="float32", always_2d=True)
+            data = f.read(max(0, b - a), dtype="float32", always_2d=True)  # (frames, channels)
+        except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
+            raise AudioFileError(path, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
+        return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+    return read
+
+
 def load_audio(
-    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_samples: int | None = None
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Decode an audio file to a ``(N,)`` float32 mono waveform at ``sample_rate`` Hz.
 
     Channels are averaged (``x = mean_c x_c``); the file's rate is converted with :func:`resample`.
     Raises :class:`AudioFileError` (message: ``"<path>: <problem>"``) for a missing file, an unsupported extension,
-    an empty file (0 bytes or 0 samples), a corrupt / undecodable file, NaN or Inf samples, and, when
-    ``min_samples`` is given, a clip shorter than ``min_samples`` after resampling (use :data:`MIN_SAMPLES`,
-    5121 at 32 kHz, for "at least one 16-frame patch").
+    an empty file (0 bytes or 0 samples), a corrupt / undecodable file, NaN or Inf samples, a sample rate or length
+    outside the decode budget (:data:`MIN_RATE` .. :data:`MAX_RATE` Hz, :data:`MAX_SECONDS` for a whole file), and,
+    when ``min_samples`` is given, a clip shorter than ``min_samples`` after resampling (use :data:`MIN_SAMPLES`,
+    5121 at 32 kHz, for "at least one 16-frame patch"). ``max_samples`` / ``generator``: decode only a window of
+    the file (see :func:`decode_window`), what a data set's fixed-length clip needs.
     """
     import soundfile as sf
 
@@ -128,32 +240,27 @@ def load_audio(
     if p.stat().st_size == 0:
         raise AudioFileError(p, "empty file (0 bytes)")
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)  # (frames, channels)
+        f = sf.SoundFile(str(p))
     except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
         raise AudioFileError(p, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
-    if data.shape[0] == 0:
-        raise AudioFileError(p, "empty audio (0 samples)")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(mono).all():
-        bad = int((~np.isfinite(mono)).sum())
-        raise AudioFileError(p, f"decoded waveform contains NaN/Inf ({bad} of {mono.shape[0]} samples)")
-    if sr != sample_rate:
-        mono = _resample_np(mono, int(sr), int(sample_rate)).astype(np.float32)
-    if min_samples is not None and mono.shape[0] < min_samples:
-        raise AudioFileError(
-            p,
-            f"too short: {mono.shape[0]} samples at {sample_rate} Hz after resampling (from {data.shape[0]} at {sr} Hz), "
-            f"need at least {min_samples}",
-        )
-    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    with f:
+        return decode_window(soundfile_reader(f, p), f.frames, f.samplerate, p, sample_rate, min_samples,
+                             max_samples, generator)
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioFileError",
+    "MAX_RATE",
+    "MAX_SECONDS",
+    "MIN_RATE",
     "MIN_SAMPLES",
     "SAMPLE_RATE",
+    "check_rate",
     "crop_or_pad",
+    "decode_window",
+    "input_window",
     "load_audio",
     "resample",
+    "soundfile_reader",
 ]

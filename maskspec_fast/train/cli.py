@@ -342,11 +342,13 @@ def recipe_from_args(args: argparse.Namespace) -> FinetuneRecipe:
 
 def _finetune(args, device, con: Console) -> int:
     """Fine-tune by :func:`maskspec_fast.train.finetune.finetune` with the recipe plus the options given."""
+    from ..data.spec import require_labels
     from ..model import Classifier
     from .evaluation import describe, evaluate
     from .finetune import finetune
 
     source = _dataset(args.data, args, train=True)
+    require_labels(source, args.data)
     recipe = recipe_from_args(args)
     frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
     if args.init:
