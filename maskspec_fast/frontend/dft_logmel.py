@@ -21,8 +21,9 @@ wave (B, N)
 length). Only the ``K`` FFT bins that some mel filter reads are computed (481 of 513 for the 0-15 kHz bank):
 a bin that no filter reads cannot change the output.
 
-Cost: ``2 K * 800`` multiply-adds per frame (~0.77 MFLOP, ~0.8 GFLOP per 10 s), against ``O(n_fft log n_fft)``
-for an FFT: a few percent of the tiny encoder's forward, the price of a graph that every runtime runs.
+Cost: ``2 K * 800`` multiply-adds per frame (~1.5 GFLOP per 10 s), against ``O(n_fft log n_fft)`` for an FFT
+and ~7.5 GFLOP for the tiny encoder's forward on the same 10 s (~70 for base): the price of a graph that every
+runtime runs.
 The reference stays :class:`LogMel`; ``tests/test_export.py`` holds the two together.
 """
 from __future__ import annotations
