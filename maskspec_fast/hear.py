@@ -147,10 +147,7 @@ def column_embeddings(enc: Classifier, spec: torch.Tensor) -> torch.Tensor:
     t = spec.shape[-1] // p * p
     columns = []
     for start in range(0, t, win):
-        chunk = spec[..., start : min(start + win, t)]
-        tokens = enc.forward_features(chunk)[:, 1:]  # (B, gf*gt, D)
-        gf, gt = enc.config.grid_f, chunk.shape[-1] // p
-        columns.append(enc.fc_norm(tokens.reshape(tokens.shape[0], gf, gt, -1).mean(dim=1)))  # (B, gt, D)
+        columns.append(enc.embed_frames(spec[..., start : min(start + win, t)]))  # (B, gt, D)
     return torch.cat(columns, dim=1)
 
 

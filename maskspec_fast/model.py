@@ -4,6 +4,7 @@ in which implementation of each op runs, chosen once at construction."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,9 +333,13 @@ class Classifier(_Encoder):
         return self._features(spec, lengths)[0]
 
     def _features(
-        self, spec: torch.Tensor, lengths: torch.Tensor | None
+        self, spec: torch.Tensor, lengths: torch.Tensor | None, layers: Sequence[int] = ()
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tokens ``(B, 1+L', D)`` and the key padding mask ``(B, 1+L)`` they were computed with (None if unpadded)."""
+        """Tokens ``(B, 1+L', D)`` and the key padding mask ``(B, 1+L)`` they were computed with (None if unpadded).
+
+        With ``layers`` (indices into the ``depth + 1`` hidden states, see :meth:`embed`), the tokens are those
+        hidden states stacked ``(len(layers), B, 1+L', D)``, and blocks after the deepest one asked for are skipped."""
+        want = self._layer_indices(layers)
         img = check_spec(spec, self.config)
         p = self.config.patch_size
         grid = (img.shape[-2] // p, img.shape[-1] // p)
@@ -356,9 +361,26 @@ class Classifier(_Encoder):
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L', D)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
+        if not want:
+            for blk in self.blocks:
+                x = blk(x, pad)
+            return x, pad
+        hidden = {0: x}
+        for i, blk in enumerate(self.blocks[: max(want)], start=1):
             x = blk(x, pad)
-        return x, pad
+            hidden[i] = x
+        return torch.stack([hidden[i] for i in want]), pad  # (len(layers), B, 1+L', D)
+
+    def _layer_indices(self, layers: Sequence[int]) -> list[int]:
+        """``layers`` -> indices in ``0 .. depth`` (negative ones count from the end, ``-1`` = the last block)."""
+        n = self.config.depth + 1
+        out = []
+        for i in layers:
+            if not -n <= int(i) < n:
+                raise ValueError(f"layer {i} out of range: the encoder has {n} hidden states (0 = patch tokens before "
+                                 f"the first block, {n - 1} = after the last), negative indices count from the end")
+            out.append(int(i) % n)
+        return out
 
     def token_padding(self, lengths: torch.Tensor, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """``(B, 1+L)`` bool, True where a patch token lies (partly) beyond the clip's valid frames; CLS is valid."""
@@ -368,13 +390,33 @@ class Classifier(_Encoder):
         pad = cols.unsqueeze(0) >= valid_cols.unsqueeze(1)  # (B, L)
         return torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
 
-    def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, spec: torch.Tensor, lengths: torch.Tensor | None = None,
+              layers: Sequence[int] | None = None) -> torch.Tensor:
         """Clip embedding ``(B, config.pooled_dim)`` from the (valid) patch tokens, pooled by ``config.pool``
-        (:func:`pool_patch_tokens` with this model's ``fc_norm`` / ``std_norm``)."""
-        x, pad = self._features(spec, lengths)
+        (:func:`pool_patch_tokens` with this model's ``fc_norm`` / ``std_norm``).
+
+        ``layers``: per-layer embeddings for layer-probing harnesses (SUPERB / EVAR style), ``(B, len(layers),
+        pooled_dim)``. Hidden state ``h_0`` is the patch tokens plus positions before the first block and ``h_i``
+        the output of block ``i`` (``i = 1 .. depth``; ``-1`` = ``depth``); each is pooled exactly as the clip
+        embedding is, so ``embed(spec, layers=[-1])[:, 0] == embed(spec)``. Blocks past the deepest asked for
+        are not run."""
+        if layers is not None and len(layers) == 0:
+            raise ValueError("layers is empty: pass None for the clip embedding, or the hidden states wanted")
+        x, pad = self._features(spec, lengths, () if layers is None else layers)
         keep = None if pad is None else ~pad[:, 1:]  # (B, L)
-        return pool_patch_tokens(x[:, 1:], self.config.grid_f, self.config.pool, keep, self.fc_norm,
-                                 getattr(self, "std_norm", None))
+        pool = lambda h: pool_patch_tokens(h[:, 1:], self.config.grid_f, self.config.pool, keep,  # noqa: E731
+                                           self.fc_norm, getattr(self, "std_norm", None))
+        if layers is None:
+            return pool(x)
+        return torch.stack([pool(h) for h in x], dim=1)  # (B, len(layers), pooled_dim)
+
+    def embed_frames(self, spec: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings ``(B, T // p, D)``, one per patch column (``p`` frames, 160 ms): ``fc_norm`` of the
+        mean over the column's ``G_f`` frequency tokens, ``e_t = N_m(mean_r x_{r,t})``. The spectrogram must fit the
+        positional table (``T <= config.frames + p - 1``; longer audio: :func:`maskspec_fast.hear.column_embeddings`)."""
+        tokens = self._features(spec, None)[0][:, 1:]  # (B, G_f * G_t, D)
+        b, n, d = tokens.shape
+        return self.fc_norm(tokens.reshape(b, self.config.grid_f, n // self.config.grid_f, d).mean(1))  # (B, G_t, D)
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(spec, lengths))  # (B, num_classes)

@@ -70,3 +70,16 @@ def test_throughput_timm_row_runs_and_is_the_bar(tmp_path):
     assert by_impl["fused"]["vs_timm"] > 0 and by_impl["timm"]["vs_timm"] == 1.0
     assert by_impl["timm"]["floor_ms"] == pytest.approx(1e3 * by_impl["timm"]["GFLOP_per_step"] * 1e9 / 1e12)
     assert len(rows_file.read_text().splitlines()) == 1 + 3  # header + one line per row, written as they finished
+
+
+def test_inference_timm_row_is_a_vision_transformer_on_our_log_mel():
+    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "benchmarks" / "inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run(bench.parse_args(["--quick", "--backends", "eager,timm", "--results-file", ""]))
+    timm_rows = [r for r in rows if r["backend"] == "timm"]
+    assert len(timm_rows) == 2 and all(r["status"] == "ok" and r["x_realtime"] > 0 for r in timm_rows), timm_rows
+    clf = bench.build("tiny", quick=True)
+    wave = torch.randn(2, 86720)
+    with torch.no_grad():
+        assert bench.build_timm(clf)(wave).shape == (2, clf.config.embed_dim)  # timm's own ViT, mean-pooled

@@ -1,0 +1,218 @@
+"""Waveform-in export: the convolution front end equals LogMel, and the torch.export / ONNX Runtime graphs (front end
+inside) give the numbers of the PyTorch pipeline ``Classifier.embed(log_mel(wave))`` / ``Classifier(log_mel(wave))``
+on fresh random audio and on decoded files; out-of-range input fails loudly; the numpy-only docs script runs with
+torch unimportable.
+
+Stated bounds (fp32, measured on fresh draws while writing these tests):
+* front end: DFTLogMel's error against a float64 LogMel is at most 2x LogMel's own float32 error plus 1e-5
+  (both reach ~1e-4 in bins near the 1e-5 log floor; measured DFT/ref error ratio 0.6-1.1);
+* graphs: max |graph - pipeline| <= 1e-4 * max(1, max |pipeline|). The front end's ~1e-4 log-mel differences are
+  damped by the encoder; measured worst 1e-6 relative (embeddings ~3, frames ~3, freq_stats logits ~50).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskspec_fast import Classifier, ModelConfig
+from maskspec_fast.export import export_onnx, export_program, waveform_limits
+from maskspec_fast.frontend import LogMel, load_audio, log_mel
+from maskspec_fast.frontend.dft_logmel import DFTLogMel
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID_T = 8  # 128 frames: 9921 .. 45760 samples (0.31 .. 1.43 s)
+RTOL = 1e-4
+
+
+def make_clf(pool: str = "mean") -> Classifier:
+    clf = Classifier(ModelConfig.from_preset("tiny", depth=2, frames=GRID_T * 16, pool=pool), num_classes=5).eval()
+    torch.nn.init.normal_(clf.head.weight, std=0.5)  # logits of order 10, not MAE's near-zero head init
+    return clf
+
+
+def recording(n: int, sr: int, seed: int) -> np.ndarray:
+    """A recording-like mono signal: a harmonic tone with vibrato, a chirp, noise bursts, digital silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / sr
+    f0 = rng.uniform(110, 440)
+    tone = sum(np.sin(2 * np.pi * f0 * h * t + 3 * np.sin(2 * np.pi * 5 * t)) / h for h in range(1, 8))
+    chirp = np.sin(2 * np.pi * (200 * t + 2000 * t**2))
+    bursts = rng.standard_normal(n) * (np.sin(2 * np.pi * 1.5 * t) > 0.7)
+    x = 0.3 * tone * np.exp(-2 * (t % 1.0)) + 0.2 * chirp + 0.1 * bursts
+    x[n // 3 : n // 3 + sr // 10] = 0.0  # 100 ms of digital silence
+    return (x / np.abs(x).max() * 0.8).astype(np.float32)
+
+
+def reference_f64(wave: torch.Tensor) -> torch.Tensor:
+    """LogMel in float64 (its own buffers and recipe), the oracle for both float32 front ends."""
+    ref = LogMel()
+    s = ref.settings
+    x = torch.nn.functional.conv1d(wave.double().unsqueeze(1), ref.preemph.double()).squeeze(1)
+    spec = torch.stft(x, s.n_fft, s.hop_length, s.win_length, ref.window.double(), center=True, pad_mode="reflect",
+                      return_complex=True)
+    mel = ref.mel_bank.double() @ (spec.real.square() + spec.imag.square())
+    return (torch.log(mel + s.log_offset) + s.shift) / s.scale
+
+
+@pytest.mark.parametrize("n", [5121, 9921 + int(torch.randint(0, 320, ())), 32000 * 3 + 17])
+@pytest.mark.parametrize("kind", ["noise", "recording", "quiet"])
+def test_dft_front_end_matches_logmel(n, kind):
+    wave = {"noise": torch.randn(3, n) * torch.rand(3, 1) * 2,
+            "recording": torch.from_numpy(np.stack([recording(n, 32000, int(torch.randint(0, 2**31, ())))] * 2)),
+            "quiet": torch.randn(2, n) * 1e-4}[kind]
+    fast, ref, exact = DFTLogMel()(wave), LogMel().eval()(wave), reference_f64(wave)
+    assert fast.shape == ref.shape == exact.shape
+    err_fast, err_ref = (fast.double() - exact).abs().max().item(), (ref.double() - exact).abs().max().item()
+    assert err_fast <= 2 * err_ref + 1e-5, (err_fast, err_ref)
+
+
+def test_dft_front_end_reads_only_the_bins_the_mel_bank_uses():
+    f = DFTLogMel()
+    assert f.basis.shape == (2 * f.num_bins, 1, f.settings.win_length) and f.num_bins < f.settings.n_fft // 2 + 1
+
+
+def _pipeline(clf: Classifier, wave: torch.Tensor, output: str) -> np.ndarray:
+    with torch.no_grad():
+        spec = log_mel(wave)
+        out = {"embedding": clf.embed, "frames": clf.embed_frames, "logits": clf}[output](spec)
+    return out.numpy()
+
+
+def _close(out: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    diff, scale = float(np.abs(out - ref).max()), max(1.0, float(np.abs(ref).max()))
+    assert diff <= RTOL * scale, (what, diff, scale)
+
+
+def _waves(lo: int, hi: int) -> list[torch.Tensor]:
+    """Fresh random batches at both ends of the range and between, and a decoded recording (below)."""
+    lengths = [lo, hi] + torch.randint(lo, hi + 1, (2,)).tolist()
+    return [torch.randn(int(torch.randint(1, 4, ())), n) * 0.5 for n in lengths]
+
+
+def test_torch_export_waveform_program_matches_pipeline():
+    clf = make_clf()
+    lo, hi = waveform_limits(clf.config)
+    prog = export_program(clf, "embedding", "waveform").module()
+    for w in _waves(lo, hi):
+        with torch.no_grad():
+            _close(prog(w).numpy(), _pipeline(clf, w, "embedding"), f"export {tuple(w.shape)}")
+    with pytest.raises((AssertionError, RuntimeError), match="(?i)guard|range|size|shape"):
+        prog(torch.randn(1, hi + 1))
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory) -> torch.Tensor:
+    """A 44.1 kHz stereo 16-bit FLAC file, decoded and resampled to 32 kHz mono by the data path."""
+    path = tmp_path_factory.mktemp("audio") / "clip.flac"
+    import soundfile as sf
+
+    left = recording(44100 * 2, 44100, 1)
+    sf.write(path, np.stack([left, 0.5 * left[::-1]], axis=1), 44100, subtype="PCM_16")
+    return load_audio(path)
+
+
+@pytest.mark.parametrize("output, pool", [("embedding", "mean"), ("frames", "mean"), ("logits", "freq_stats")])
+def test_onnx_waveform_graph_matches_pipeline(tmp_path, decoded, output, pool):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    clf = make_clf(pool)
+    lo, hi = waveform_limits(clf.config)
+    sess = ort.InferenceSession(export_onnx(clf, tmp_path / "w.onnx", output, input="waveform"),
+                                providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["wave"] and [o.name for o in sess.get_outputs()] == [output]
+    assert all(isinstance(d, str) for d in sess.get_inputs()[0].shape)  # batch and length dynamic
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert (int(meta["min_samples"]), int(meta["max_samples"]), meta["maskspec_output"]) == (lo, hi, output)
+    for w in _waves(lo, hi) + [decoded[:hi].unsqueeze(0), decoded[-lo - 100 :].unsqueeze(0)]:
+        out = sess.run(None, {"wave": w.numpy()})[0]
+        assert out.dtype == np.float32
+        _close(out, _pipeline(clf, w, output), f"onnx {output} {tuple(w.shape)}")
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory) -> tuple[Classifier, Path]:
+    """``python -m maskspec_fast.export DIR OUT.onnx --input waveform --output embedding`` on a saved model."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    d = tmp_path_factory.mktemp("cli")
+    clf = make_clf()
+    clf.save_pretrained(d / "model")
+    out = d / "emb.onnx"
+    r = subprocess.run([sys.executable, "-m", "maskspec_fast.export", str(d / "model"), str(out), "--input",
+                        "waveform", "--output", "embedding"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return clf, out
+
+
+def test_onnx_waveform_out_of_range_fails_loudly_and_nan_stays_in_its_row(cli_export):
+    import onnxruntime as ort
+
+    clf, path = cli_export
+    lo, hi = waveform_limits(clf.config)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match=f"at_most_{hi}_samples"):  # the named guard node, before the front end
+        sess.run(None, {"wave": np.zeros((1, hi + 1), np.float32)})
+    with pytest.raises(Exception, match="(?i)division by zero|invalid|dimension"):  # under one patch column
+        sess.run(None, {"wave": np.zeros((1, 4000), np.float32)})  # 13 frames
+    w = np.random.default_rng().standard_normal((3, lo + 1000)).astype(np.float32)
+    w[1, 123] = np.nan
+    out = sess.run(None, {"wave": w})[0]
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()  # a NaN clip is visibly NaN, alone
+    _close(out[[0, 2]], _pipeline(clf, torch.from_numpy(w[[0, 2]]), "embedding"), "rows beside a NaN row")
+
+
+# the docs script must run where torch cannot be imported (a runtime-only machine)
+NO_TORCH = textwrap.dedent(
+    """
+    import runpy, sys
+    for name in ("torch", "maskspec_fast"):
+        sys.modules[name] = None  # import fails
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+def _docs_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "docs" / "onnx_embed.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_docs_script_embeds_a_long_stereo_wav_without_torch(cli_export, tmp_path):
+    import soundfile as sf
+
+    clf, model = cli_export
+    lo, hi = waveform_limits(clf.config)
+    n = int(2.3 * hi)  # windows at 0, hi/2, hi and n - hi (every half window, the last aligned to the end)
+    left = recording(n, 32000, int(torch.randint(0, 2**31, ())))
+    stereo = np.stack([left, 0.25 * np.roll(left, 999)], axis=1)
+    sf.write(tmp_path / "long.wav", stereo, 32000, subtype="FLOAT")
+    r = _docs_script(str(model), str(tmp_path / "long.wav"), "--out", str(tmp_path / "emb.npy"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    mono = torch.from_numpy(stereo.mean(axis=1, dtype=np.float32))
+    starts = [0, hi // 2, 2 * (hi // 2), n - hi]
+    ref = np.mean([_pipeline(clf, mono[s : s + hi].unsqueeze(0), "embedding")[0] for s in starts], axis=0)
+    _close(np.load(tmp_path / "emb.npy"), ref, "docs script")
+
+
+def test_docs_script_refuses_bad_files(cli_export, tmp_path):
+    import soundfile as sf
+
+    _, model = cli_export
+    sf.write(tmp_path / "rate.wav", recording(48000, 48000, 0), 48000)
+    r = _docs_script(str(model), str(tmp_path / "rate.wav"))
+    assert r.returncode == 2 and "sample rate 48000 Hz, the model takes 32000 Hz" in r.stderr
+    bad = recording(32000, 32000, 0)
+    bad[100] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, 32000, subtype="FLOAT")
+    r = _docs_script(str(model), str(tmp_path / "nan.wav"))
+    assert r.returncode == 2 and "1 NaN/Inf samples" in r.stderr
