@@ -229,14 +229,6 @@ def _name_guard(proto: Any, max_samples: int) -> None:
             return
 
 
-def onnx_session(path: str | os.PathLike) -> Any:
-    """An onnxruntime CPU session for an exported file."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ImportError(EXPORT_HINT) from e
-    return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m maskspec_fast.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["EXPORT_HINT", "INPUTS", "OUTPUTS", "WaveformModel", "dynamic_shapes", "example_input", "export_onnx",
-           "export_program", "exportable", "main", "onnx_metadata", "onnx_session", "waveform_limits"]
+           "export_program", "exportable", "main", "onnx_metadata", "waveform_limits"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,6 +1,6 @@
 """``hdf5:PATH[,PATH...]``: AudioSet packed as the official MaskSpec code and PaSST read it.
 
-Layout of each file (see ``shared/PAPER.md``), ``n`` clips:
+Layout of each file (see ``docs/MASKSPEC.md``, "Formats users bring"), ``n`` clips:
 
     audio_name  (n,)  fixed-length bytes, e.g. b"Y--PJHxphWEs.mp3"
     mp3         (n,)  variable-length uint8: the bytes of one (32 kHz) mp3 file per clip
