@@ -23,8 +23,8 @@ Unlabeled: ``--unlabeled`` mixtures of 10 s, each the sum of 2-4 fresh events (n
 class and source at random offsets and gains (instrument phrases are rendered anew; drum one-shots and speech
 prompts are drawn again from the same finite files, so a sample can occur in both sets).
 
-    python benchmarks/build_real_eval.py --out /tmp/real_eval            # 5 min on a busy 2-core machine
-    python benchmarks/build_real_eval.py --out /tmp/real_eval --install  # apt-get install the packages first
+    python experiments/build_real_eval.py --out /tmp/real_eval            # 5 min on a busy 2-core machine
+    python experiments/build_real_eval.py --out /tmp/real_eval --install  # apt-get install the packages first
 
 Writes ``OUT/labeled/{audio/*.wav, meta/esc50.csv}`` (columns filename, fold, target, category, source, kind) and
 ``OUT/unlabeled/*.wav`` (32 kHz mono float WAV), plus ``OUT/manifest.json`` (sources per fold, seed, packages).

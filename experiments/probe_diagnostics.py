@@ -11,7 +11,7 @@ k-fold cross-validation over the set's folds):
    (the pre-trained one of ``--pretrained`` and a random one of the same configuration, the start of every
    pre-training), since 2 x 8 x 192 = 3072 per-row features on a few hundred clips may simply overfit.
 
-    python benchmarks/probe_diagnostics.py --esc50 /tmp/real/labeled --pretrained /tmp/pt  # pt: ssl_eval.py's
+    python experiments/probe_diagnostics.py --esc50 /tmp/real/labeled --pretrained /tmp/pt  # pt: ssl_eval.py's
         # --pretrained-cache folder; without --pretrained only the random encoder is probed
 """
 from __future__ import annotations

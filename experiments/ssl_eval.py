@@ -60,7 +60,7 @@ from maskspec_fast.train.finetune import fit_head  # noqa: E402
 from maskspec_fast.train.schedule import make_adamw, param_groups, set_lr, warmup_cosine  # noqa: E402
 
 SETTINGS = ("finetune_pretrained", "finetune_random", "probe_pretrained", "probe_random", "logmel_baseline")
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "runs" / "experiments"  # scratch output, ignored by git; keep a run in results/
 _RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None means "the recipe's default"
     "finetune_epochs": "epochs", "warmup_epochs": "warmup_epochs", "finetune_batch": "batch_size",
     "finetune_lr": "lr", "layer_decay": "layer_decay", "drop_path": "drop_path",

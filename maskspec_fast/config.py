@@ -45,7 +45,7 @@ class ModelConfig:
     # Classifier pooling: "mean" over all patch tokens (timm's global_pool="avg", the paper's), or "freq": the
     # mean over time within each frequency row, fc_norm per row, rows concatenated (head input grid_f * D). A
     # mean over the whole grid averages away WHERE in frequency a sound is; "freq" keeps it (optional, measured in
-    # benchmarks/SSL_EVAL.md; not loadable into timm's VisionTransformer). "freq_stats": "freq" plus each row's
+    # experiments/SSL_EVAL.md; not loadable into timm's VisionTransformer). "freq_stats": "freq" plus each row's
     # standard deviation over time (its own LayerNorm ``std_norm``; head input 2 * grid_f * D): statistics pooling,
     # which keeps how a row's content changes over the clip (onsets, decays), not only its average.
     pool: str = "mean"
