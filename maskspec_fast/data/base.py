@@ -52,6 +52,7 @@ class AudioDataset(Dataset):
     streaming: bool = False  # a MapSource (maskspec_fast.data.interfaces); ShardStream overrides
     provides: Literal["wave", "spec"] = "wave"
     label_sources: Any = "labels"  # where labels are looked for (named by require_labels when none are found)
+    whole_clips: bool = False  # decode whole files instead of the clip's window (prepare sets it)
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ def decode_bytes(
 def clip_window(ds, index: int) -> dict:
     """The decode window of clip ``index`` of data set ``ds``: ``max_samples`` (its clip length) and, when it
     crops at random, the generator of that crop; ``{}`` (the whole file) for ``ds.whole_clips`` (``prepare``)."""
-    if getattr(ds, "whole_clips", False):
+    if ds.whole_clips:
         return {}
     return {"max_samples": ds.clip_samples, "generator": ds._generator(index) if ds.train else None}
 

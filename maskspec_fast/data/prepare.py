@@ -318,7 +318,8 @@ def _prepare_locked(src_spec: str, out: Path, shard_size: int, workers: int, fmt
 
 def _finish(out: Path, num_shards: int, ds, src_spec: str, fmt: str, sample_rate: int, log) -> dict:
     """Merge the shard records into ``index.csv``, ``bad_files.csv`` and ``dataset.json``; print the spec."""
-    rows, bad = [], [["", where, problem] for where, problem in getattr(ds, "bad", [])]  # found on opening
+    found = ds.problems() if ds.streaming else []  # a StreamSource reports what its scan of the shards found
+    rows, bad = [], [["", where, problem] for where, problem in found]
     for k in range(num_shards):
         rec = json.loads((out / f"shard-{k:06d}.json").read_text())
         rows += rec["rows"]
@@ -336,7 +337,7 @@ def _finish(out: Path, num_shards: int, ds, src_spec: str, fmt: str, sample_rate
     summary = {"spec": spec, "source_spec": src_spec, "format": fmt, "sample_rate": sample_rate,
                "num_clips": len(rows), "bad_clips": len(bad), "num_shards": num_shards,
                "seconds": round(sum(float(r[3]) for r in rows), 3),
-               "class_names": list(getattr(ds, "class_names", [])), "multilabel": bool(getattr(ds, "multilabel", False))}
+               "class_names": list(ds.class_names), "multilabel": bool(ds.multilabel)}
     _write_json_atomic(out / "dataset.json", summary)
     log(f"prepare: {len(rows)} clips ({summary['seconds'] / 3600:.2f} h) in {num_shards} shard(s) under {out}"
         + (f"; {len(bad)} bad clip(s) left out, listed in {out / 'bad_files.csv'}" if bad else ""))
