@@ -36,6 +36,7 @@ from .base import AudioDataset
 from .labels import labels_tensor
 from .order import epoch_order, per_rank, rank_share
 from .shards import LABEL_SOURCES, ShardIndex, read_class_list, scan_shards
+from .subset import Subset
 
 
 def shuffle_buffer(stream: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -292,7 +293,7 @@ def _batches_of(ids: np.ndarray, local_batch: int, start: int, stop: int | None,
         yield make_batch(ids[j * local_batch : (j + 1) * local_batch])
 
 
-class StreamSubset:
+class StreamSubset(Subset):
     """The samples ``indices`` of a :class:`ShardStream` as a streaming source of their own.
 
     Epoch ``e``'s order is the parent's order of ``e`` restricted to these samples (so reading still moves through
@@ -302,39 +303,6 @@ class StreamSubset:
     """
 
     streaming = True
-    provides = "wave"
-
-    def __init__(self, parent: ShardStream, indices: Sequence[int] | torch.Tensor):
-        from .subset import as_ids
-
-        self.parent = parent
-        self.ids = as_ids(indices, len(parent), "ShardStream")
-        self.clip_seconds, self.sample_rate = parent.clip_seconds, parent.sample_rate
-        self.multilabel, self.class_names = parent.multilabel, list(parent.class_names)
-        self.label_sources = parent.label_sources
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a subset of {len(self)} clips")
-        return self.parent.sample(int(self.ids[index]), pool=self.ids)
-
-    def labels(self) -> torch.Tensor:
-        return self.parent.labels()[torch.from_numpy(self.ids)]
-
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> StreamSubset:
-        from .subset import as_ids
-
-        return StreamSubset(self.parent, self.ids[as_ids(indices, len(self), "subset")])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.parent.set_epoch(epoch)
 
     def problems(self) -> list[tuple[str, str]]:
         return self.parent.problems()

@@ -1,22 +1,20 @@
-"""A subset of a map-style source as a source of its own (see :mod:`maskspec_fast.data.interfaces`).
+"""A subset of a source as a source of its own (see :mod:`maskspec_fast.data.interfaces`).
 
-Everything the trainer reads of a :class:`MapSubset` is computed for its clips only: length, labels, class-balanced
-weights, the file list DALI reads, and the replacement of a bad clip in skip mode (taken from the subset, never
-from the parent's other clips). Nothing is forwarded by attribute lookup.
+Everything the trainer reads of a subset is computed for its clips only: length, labels, class-balanced weights,
+the file list DALI reads, a streaming subset's order, and the replacement of a bad clip in skip mode (taken from the
+subset, never from the parent's other clips). Nothing is forwarded by attribute lookup. :class:`Subset` holds what
+both kinds share; :class:`MapSubset` is the map-style one, ``data.stream.StreamSubset`` the streaming one.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .labels import class_balanced_weights
-
-if TYPE_CHECKING:  # the parent type only; data.base builds subsets through this module
-    from .base import AudioDataset
 
 
 def as_ids(indices: Sequence[int] | torch.Tensor | np.ndarray, size: int, what: str) -> np.ndarray:
@@ -30,12 +28,12 @@ def as_ids(indices: Sequence[int] | torch.Tensor | np.ndarray, size: int, what: 
     return out
 
 
-class MapSubset(Dataset):
-    """The clips ``indices`` (ids of ``parent``, kept in increasing order) of a map-style source."""
+class Subset:
+    """The clips ``indices`` (ids of ``parent``, kept in increasing order) of a source, with the parent's label
+    space. ``parent`` is a data set with ``sample(index, pool)`` (``AudioDataset`` and its kinds): a clip of the
+    subset is the parent's clip, a bad one replaced from the subset's own ids."""
 
-    streaming = False
-
-    def __init__(self, parent: AudioDataset, indices: Sequence[int] | torch.Tensor):
+    def __init__(self, parent: Any, indices: Sequence[int] | torch.Tensor):
         self.parent = parent
         self.ids = as_ids(indices, len(parent), type(parent).__name__)
         self.provides = parent.provides
@@ -65,6 +63,22 @@ class MapSubset(Dataset):
             self._labels = self.parent.labels()[torch.from_numpy(self.ids)]
         return self._labels
 
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> Subset:
+        """A subset of this subset: the same kind, over the parent's ids."""
+        return type(self)(self.parent, self.ids[as_ids(indices, len(self), "subset")])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.parent.set_epoch(epoch)  # crops are keyed by the parent's ids, so a clip crops alike in both
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} of {self.parent!r})"
+
+
+class MapSubset(Subset, Dataset):
+    """A :class:`Subset` of a map-style source (a ``MapSource`` itself)."""
+
+    streaming = False
+
     def sample_weights(self, smoothing: float = 0.0) -> torch.Tensor:
         return class_balanced_weights(self.labels(), self.num_classes, smoothing)
 
@@ -72,15 +86,5 @@ class MapSubset(Dataset):
         files = self.parent.files()
         return None if files is None else [files[int(i)] for i in self.ids]
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> MapSubset:
-        local = as_ids(indices, len(self), "subset")
-        return MapSubset(self.parent, self.ids[local])
 
-    def set_epoch(self, epoch: int) -> None:
-        self.parent.set_epoch(epoch)  # crops are keyed by the parent's ids, so a clip crops alike in both
-
-    def __repr__(self) -> str:
-        return f"MapSubset({len(self)} of {self.parent!r})"
-
-
-__all__ = ["MapSubset", "as_ids"]
+__all__ = ["MapSubset", "Subset", "as_ids"]

@@ -376,9 +376,7 @@ def _reduce_step(loss: torch.Tensor, bad_files: int, grad_bad: torch.Tensor, gra
         import torch.distributed as dist
 
         world = dist.get_world_size()
-        norm = t[3].clone()
-        dist.all_reduce(t[:3])
-        t[3] = norm  # after DDP's gradient all-reduce every rank holds the same norm
+        dist.all_reduce(t[:3])  # the norm (t[3]) stays local: after DDP's gradient all-reduce every rank has the same
     loss_sum, bad_total, grad_flag, norm = t.tolist()
     return loss_sum / world, bad_total, grad_flag > 0, norm
 
