@@ -18,6 +18,8 @@ from maskspec_fast.train.sampler import ResumableSampler
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "embed_dim=64", "--set", "depth=2", "--set", "num_heads=2"]
 DECODER = ["--decoder-dim", "64", "--decoder-depth", "1", "--decoder-heads", "2"]
+# --workers 0: several ranks x DataLoader workers would oversubscribe 2 cores; worker processes are covered by
+# test_input_matrix.py (ranks 1/2 x workers 0/2) and test_bad_input_matrix.py at the defaults.
 FAST = ["--clip-seconds", "0.64", "--workers", "0", "--quiet", "--log-every", "1", "--picture-every", "0"]
 
 

@@ -101,7 +101,7 @@ def test_a_symlink_tar_member_is_reported_in_both_modes(tmp_path, capsys):
     problem = "k1.wav: not a regular file (symbolic link -> k0.wav)"
     with pytest.raises(DatasetError, match=r"k1\.wav: not a regular file \(symbolic link -> k0\.wav\)"):
         build_dataset(f"webdataset:{shard}")
-    base = ["pretrain", "--data", f"webdataset:{shard}", "--steps", "1", "--batch-size", "2", "--workers", "0", *SMALL]
+    base = ["pretrain", "--data", f"webdataset:{shard}", "--steps", "1", "--batch-size", "2", *SMALL]  # default workers
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "raise")]) == 2  # raise mode: one line naming the member
     _one_line_error(capsys.readouterr().err, problem)
@@ -135,7 +135,7 @@ def test_a_truncated_clip_in_prepared_shards_is_reported_once_per_epoch(tmp_path
     key = last.name[: -len(".wav")]
     run = tmp_path / "run"
     spec = json.loads((out / "dataset.json").read_text())["spec"]
-    args = ["pretrain", "--data", spec, "--steps", "4", "--batch-size", "3", "--workers", "0", "--skip-bad-files",
+    args = ["pretrain", "--data", spec, "--steps", "4", "--batch-size", "3", "--skip-bad-files",  # default workers
             "--out", str(run), *SMALL]
     assert main(args) == 0  # 7 clips, 2 batches of 3 per epoch: 2 epochs
     lines = [ln for ln in (run / "bad_files.csv").read_text().splitlines() if key in ln]
@@ -167,7 +167,7 @@ def test_a_4kb_wav_declaring_1hz_is_a_clear_fast_error(tmp_path, capsys):
     with pytest.raises(AudioFileError, match="m:evil: sample rate 1 Hz"):
         decode_bytes(evil.read_bytes(), "m:evil")
     assert time.perf_counter() - t < 0.5  # was 13 s and +830 MB
-    base = ["pretrain", "--data", f"folder:{folder}", "--steps", "1", "--batch-size", "2", "--workers", "0", *SMALL]
+    base = ["pretrain", "--data", f"folder:{folder}", "--steps", "1", "--batch-size", "2", *SMALL]  # default workers
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys.readouterr().err, "evil.wav: sample rate 1 Hz")

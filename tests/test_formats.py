@@ -285,10 +285,14 @@ def test_webdataset_single_label_option(tmp_path):
     pattern = make_shards(tmp_path / "s", samples, per_shard=4, fmt="wav")
     ds = build_dataset(f"webdataset:{pattern}:multilabel=false", clip_seconds=0.5)
     assert not ds.multilabel and [int(ds[i]["label"]) for i in range(4)] == [0, 1, 0, 1]
-    assert build_dataset(f"webdataset:{pattern}", clip_seconds=0.5)[1]["label"].tolist() == [0.0, 1.0]
+    # one class per sample: single-label by default too (the one rule, as for manifests and hdf5:)
+    assert build_dataset(f"webdataset:{pattern}", clip_seconds=0.5)[1]["label"].tolist() == 1
+    multi = build_dataset(f"webdataset:{pattern}:multilabel=true", clip_seconds=0.5)
+    assert multi.multilabel and multi[1]["label"].tolist() == [0.0, 1.0]
 
 
 # ------------------------------------------------------------------------ formats as their producers write them
+# --workers 0: these check that each producer's format trains, not the worker path (test_bad_input_matrix.py)
 SMALL_FT = ["--steps", "1", "--batch-size", "2", "--clip-seconds", "0.32", "--set", "embed_dim=32", "--set",
             "depth=1", "--set", "num_heads=2", "--picture-every", "0", "--quiet", "--threads", "2", "--workers", "0",
             "--val-fraction", "0", "--no-refit-head"]

@@ -130,7 +130,7 @@ def test_prepared_output_of_any_source_trains(tmp_path):
     args = ["pretrain", "--data", meta["spec"], "--steps", "2", "--batch-size", "2", "--clip-seconds", "0.32",
             "--set", "embed_dim=32", "--set", "depth=1", "--set", "num_heads=2", "--decoder-dim", "32",
             "--decoder-depth", "1", "--decoder-heads", "2", "--picture-every", "0", "--quiet", "--threads", "2",
-            "--workers", "0"]
+            "--workers", "0"]  # in-process: this checks the shards' content trains, not the worker path
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "final").is_dir()
 

@@ -10,6 +10,8 @@ from maskspec_fast.train.cli import main
 
 SMALL = ["--set", "embed_dim=64", "--set", "depth=2", "--set", "num_heads=2"]
 DECODER = ["--decoder-dim", "64", "--decoder-depth", "1", "--decoder-heads", "2"]
+# --workers 0: these check training results, not input errors; in-process loading keeps each tiny run short.
+# Worker processes are covered at the defaults by test_input_matrix.py and test_bad_input_matrix.py.
 COMMON = ["--workers", "0", "--quiet", "--threads", "2"]
 
 

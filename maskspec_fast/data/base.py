@@ -6,12 +6,16 @@ A sample is a dict::
      "label": LongTensor () | FloatTensor (C,),       # class index (-1 unlabeled) | multi-hot (multilabel sets)
      "path": str,                                     # "" for synthetic clips
      "index": int,                                    # the index whose audio and label these are
-     "replaced": str, "replaced_reason": str}         # "" unless on_error="skip" replaced a bad file
+     "replaced": str, "replaced_reason": str,         # "" unless on_error="skip" replaced a bad file
+     "padded": int}                                   # zeros appended: the file was shorter than the clip
+     (+ "omitted": str, "omitted_reason": str from :meth:`AudioDataset.clip`: a bad file evaluation leaves out)
 
 With ``on_error="skip"`` a file that fails to load (:class:`~maskspec_fast.frontend.audio.AudioFileError`) is
 replaced by the next index that loads (wrapping around); the sample then names the bad file in ``replaced`` and
 the problem in ``replaced_reason``, so the training loop can count it: each bad file is reported every time its
-index is drawn, nothing is dropped silently.
+index is drawn, nothing is dropped silently. Evaluation never substitutes: it reads :meth:`AudioDataset.clip`, where
+a bad file (in skip mode) comes back as a placeholder naming it in ``omitted``, which the evaluator leaves out of
+the score and reports.
 """
 
 from __future__ import annotations
@@ -23,13 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..frontend.audio import SAMPLE_RATE, AudioFileError, crop_or_pad, load_audio
-from .labels import class_balanced_weights, class_counts, class_weights, labels_tensor
+from .errors import DatasetError
+from .labels import class_balanced_weights, class_counts, class_weights, decide_multilabel, labels_tensor
 
 ON_ERROR = ("raise", "skip")
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be built (missing / malformed index file, missing files, no audio found)."""
 
 
 class AudioDataset(Dataset):
@@ -133,6 +134,7 @@ class AudioDataset(Dataset):
 
     def _sample(self, index: int) -> dict[str, Any]:
         wave, path = self._load(index)
+        padded = max(0, self.clip_samples - int(wave.shape[-1]))
         wave = crop_or_pad(wave, self.clip_samples, random=self.train, generator=self._generator(index))
         return {
             "wave": wave.float().contiguous(),
@@ -141,6 +143,7 @@ class AudioDataset(Dataset):
             "index": int(index),
             "replaced": "",
             "replaced_reason": "",
+            "padded": padded,
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -173,6 +176,19 @@ class AudioDataset(Dataset):
             return sample
         raise DatasetError(f"{type(self).__name__}: none of the {len(ids)} files could be loaded (first: {first})")
 
+    def clip(self, index: int) -> dict[str, Any]:
+        """Clip ``index`` as evaluation reads it: never replaced by another clip. With ``on_error="raise"`` a bad
+        file raises its :class:`AudioFileError`; with ``"skip"`` it comes back as a placeholder (zeros) whose
+        ``omitted`` names the file and ``omitted_reason`` the problem, to be left out of the score and reported."""
+        try:
+            return self._sample(index)
+        except AudioFileError as err:
+            if self.on_error == "raise":
+                raise
+            return {"wave": torch.zeros(self.clip_samples), "label": self._label_tensor(self._label(index)),
+                    "path": err.path, "index": int(index), "replaced": "", "replaced_reason": "",
+                    "omitted": err.path, "omitted_reason": err.problem}
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(clips={len(self)}, classes={self.num_classes}, multilabel={self.multilabel}, "
@@ -184,15 +200,22 @@ class AudioDataset(Dataset):
 class FileDataset(AudioDataset):
     """A data set of audio files: ``items[i] = (path, label)`` is the whole index, readable by other pipelines
     (e.g. DALI) as is. Files are decoded with :func:`~maskspec_fast.frontend.audio.load_audio`; a clip shorter
-    than ``min_samples`` after resampling is an error (default: one 16-frame patch, 5121 samples at 32 kHz)."""
+    than ``min_samples`` after resampling is an error (default: one 16-frame patch, 5121 samples at 32 kHz).
+    ``multilabel``: the spec option ``:multilabel=true|false`` (None: the kind's own rule)."""
 
     def __init__(
-        self, items: Sequence[tuple[str, int | list[int]]], min_samples: int | None = None, **kwargs
+        self, items: Sequence[tuple[str, int | list[int]]], min_samples: int | None = None,
+        multilabel: bool | None = None, **kwargs
     ):
         super().__init__(**kwargs)
         from ..frontend.audio import MIN_SAMPLES
 
-        self.items: list[tuple[str, int | list[int]]] = list(items)
+        items = list(items)
+        if multilabel is not None:  # the spec's :multilabel=true|false, checked by the one rule
+            counts = [len(set(lab)) if isinstance(lab, list) else int(lab >= 0) for _, lab in items]
+            self.multilabel = decide_multilabel(counts, multilabel, type(self).__name__)
+            items = [(p, _as_kind(lab, self.multilabel)) for p, lab in items]
+        self.items: list[tuple[str, int | list[int]]] = items
         self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
 
     def __len__(self) -> int:
@@ -216,11 +239,19 @@ class FileDataset(AudioDataset):
         return list(self.items)
 
 
+def _as_kind(label: int | list[int], multilabel: bool) -> int | list[int]:
+    """A clip's label as a multi-label set wants it (a list) or a single-label one does (an index, -1: none)."""
+    if multilabel:
+        return sorted(set(label)) if isinstance(label, list) else ([label] if label >= 0 else [])
+    return (label[0] if label else -1) if isinstance(label, list) else label
+
+
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples: ``wave (B, clip_samples)`` (or ``spec (B, n_mels, T)`` from log-mel sources), ``label (B,)``
-    int64 or ``(B, C)`` float32, ``index (B,)`` int64, ``path`` list[str], and ``replaced``: list of
+    int64 or ``(B, C)`` float32, ``index (B,)`` int64, ``path`` list[str], ``replaced``: list of
     ``(bad_path, problem)`` for the samples that replaced a bad file (empty when none), so the caller can count
-    and log them."""
+    and log them, ``padded (B,)`` int64 zeros appended to each clip, and ``omitted (B,)`` bool with ``omitted_files`` ``[(path, problem)]``: the placeholders of bad
+    files read by :meth:`AudioDataset.clip`, which evaluation leaves out."""
     if len(batch) == 0:
         raise ValueError("collate got an empty batch")
     key = "spec" if "spec" in batch[0] else "wave"
@@ -230,6 +261,9 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
         "path": [b["path"] for b in batch],
         "replaced": [(b["replaced"], b.get("replaced_reason", "")) for b in batch if b.get("replaced")],
+        "padded": torch.tensor([int(b.get("padded", 0)) for b in batch], dtype=torch.long),
+        "omitted": torch.tensor([bool(b.get("omitted")) for b in batch], dtype=torch.bool),
+        "omitted_files": [(b["omitted"], b.get("omitted_reason", "")) for b in batch if b.get("omitted")],
     }
 
 

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 from ..frontend.audio import AUDIO_EXTENSIONS
 from .base import DatasetError, FileDataset
+from .labels import decide_multilabel
 
 
 def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterable[str | os.PathLike] = ()) -> list[Path]:
@@ -29,6 +30,8 @@ def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterab
     (``sub/up -> ..``) would otherwise list every file again on each turn of the loop until the path length limit,
     and two links to one folder would duplicate its clips; what was left out is said in one warning. Folders in
     ``outside`` are never entered (a class folder's walk stays out of the other classes and their parent).
+    Entries with a wanted extension that are not regular files (a FIFO, a socket, a device, a dangling link) are
+    listed too: reading them reports each as a bad file, so nothing named like audio disappears unsaid.
     """
     wanted = {s.lower() for s in suffixes}
     seen_dirs: set[tuple[int, int]] = set()
@@ -60,7 +63,12 @@ def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterab
             try:
                 if e.is_dir():  # follows links
                     subdirs.append(e.path)
-                elif os.path.splitext(e.name)[1].lower() in wanted and e.is_file():
+                elif os.path.splitext(e.name)[1].lower() in wanted:
+                    if not e.is_file():
+                        # a FIFO, socket, device or dangling link named like audio: listed, so that reading it
+                        # reports it as a bad file (load_audio refuses it without opening), never dropped unsaid
+                        out.append(Path(e.path))
+                        continue
                     fst = e.stat()
                     fkey = (fst.st_dev, fst.st_ino)
                     if fkey in seen_files:
@@ -68,7 +76,8 @@ def walk_files(root: str | os.PathLike, suffixes: Sequence[str], outside: Iterab
                         continue
                     seen_files.add(fkey)
                     out.append(Path(e.path))
-            except OSError:  # a dangling link: not a file we could read
+            except OSError as err:  # an entry that cannot even be inspected: said, not silently skipped
+                warnings.warn(f"{e.path}: cannot be inspected ({err.strerror or err}); left out", stacklevel=3)
                 continue
         stack.extend(reversed(subdirs))  # depth-first in sorted order
     if repeats:
@@ -263,8 +272,9 @@ class Manifest(FileDataset):
     * JSON lines (``.jsonl``/``.json`` or first character ``{``): ``{"path": ..., "labels": [...]}``.
 
     Relative paths are resolved against the manifest's folder. Label names map to indices in sorted order
-    (numeric order when all are integers) unless ``class_names`` fixes the vocabulary. ``multilabel = True``:
-    labels are multi-hot ``(C,)`` float32. ``class_weights()`` / ``sample_weights()`` give class-balanced sampling.
+    (numeric order when all are integers) unless ``class_names`` fixes the vocabulary. Single-label (class index,
+    cross-entropy) when every clip has exactly one label, else multi-label (multi-hot ``(C,)`` float32), unless
+    ``multilabel=`` says it (:func:`~maskspec_fast.data.labels.decide_multilabel`). ``class_weights()`` / ``sample_weights()`` give class-balanced sampling.
     """
 
     multilabel = True
@@ -275,6 +285,7 @@ class Manifest(FileDataset):
         path: str | os.PathLike,
         clip_seconds: float = 10.0,
         class_names: Sequence[str] | None = None,
+        multilabel: bool | None = None,
         **kwargs,
     ):
         mpath = Path(path)
@@ -300,7 +311,11 @@ class Manifest(FileDataset):
                 raise DatasetError(f"Manifest: {mpath}: clip {p} has labels {unknown} not in class_names")
             full = Path(p) if os.path.isabs(p) else mpath.parent / p
             items.append((str(full), sorted({index[lab] for lab in labs})))
-        super().__init__(items, clip_seconds=clip_seconds, **kwargs)
+        # the one rule (data.labels.decide_multilabel): one label per clip -> single-label, as hdf5: and shards
+        self.multilabel = decide_multilabel([len(labs) for _, labs in items], multilabel, f"manifest:{mpath}")
+        if not self.multilabel:
+            items = [(p, labs[0]) for p, labs in items]
+        super().__init__(items, clip_seconds=clip_seconds, **kwargs)  # multilabel decided here, not passed on
         self.manifest_path = mpath
         self.class_names = names
 

@@ -35,6 +35,7 @@ import torch
 from ..frontend.audio import AudioFileError, load_audio
 from .base import AudioDataset, DatasetError
 from .files import _sort_names, walk_files
+from .labels import decide_multilabel
 
 # datasets' split keywords (its data_files patterns) and the split each one names
 _SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -109,6 +110,7 @@ class HFAudio(AudioDataset):
         label: str | None = None,
         split: str | None = None,
         min_samples: int | None = None,
+        multilabel: bool | None = None,
         **kwargs,
     ):
         super().__init__(clip_seconds=clip_seconds, **kwargs)
@@ -178,6 +180,15 @@ class HFAudio(AudioDataset):
             else:
                 names = [str(c) for c in range(int(max(flat)) + 1)] if flat else []
         self.class_names = list(names or [])
+        list_column = self.multilabel
+        if self.label_col:  # the one rule (data.labels.decide_multilabel), over the cells as they are stored
+            cells = [v for k in range(len(self.pieces)) for v in self._column(k, self.label_col)]
+            counts = [len({x for x in (v if isinstance(v, list) else [v]) if x is not None and str(x).strip() != ""})
+                      for v in cells]
+            self.multilabel = decide_multilabel(counts, multilabel, f"hf:{path}")
+        elif multilabel is not None:
+            self.multilabel = bool(multilabel)
+        self._list_column = list_column
 
     # --------------------------------------------------------------------------------------- columns
     @staticmethod
@@ -253,9 +264,10 @@ class HFAudio(AudioDataset):
             return [] if self.multilabel else -1
         k, j = self._locate(index)
         v = self._table(k).column(self.label_col)[j].as_py()
+        values = (v or []) if self._list_column else [v]
         if self.multilabel:
-            return sorted({c for c in (self._index(x) for x in (v or [])) if c >= 0})
-        return self._index(v)
+            return sorted({c for c in (self._index(x) for x in values) if c >= 0})
+        return self._index(values[0] if values else None)
 
     def _index(self, value) -> int:
         """A label cell's class index (-1 for none): the int itself, or a name's place in the sorted names."""

@@ -73,9 +73,13 @@ class MapSource(Source, Protocol):
 
     * ``sample_weights()``: ``(N,)`` float64 class-balanced draw weights of THIS source's clips.
     * ``files()``: ``[(path, label)]`` when every clip is a file that other readers (DALI) can open, else None.
+    * ``clip(index)``: clip ``index`` as evaluation reads it, never replaced by another clip (a bad file in skip
+      mode comes back as a placeholder naming it in ``"omitted"``, left out of the score and reported).
     """
 
     def sample_weights(self, smoothing: float = 0.0) -> torch.Tensor: ...
+
+    def clip(self, index: int) -> dict[str, Any]: ...
 
     def files(self) -> list[tuple[str, Label]] | None: ...
 

@@ -3,7 +3,32 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from .errors import DatasetError
+
+
+def decide_multilabel(class_counts_per_clip: Sequence[int], multilabel: bool | None, what: str) -> bool:
+    """The one rule every labelled kind follows (manifests, ``.json``/``.cls`` shards, ``hdf5:``, ``hf:``): a set is
+    single-label (cross-entropy, accuracy) when every clip has exactly one class, else multi-label (BCE, mAP);
+    ``multilabel=True|False`` (the spec option ``:multilabel=``) says it instead. ``class_counts_per_clip``: the
+    number of distinct classes of each clip ``(N,)``. An unlabelled set (no clip has a class) is multi-label unless
+    told otherwise (there is nothing to decide on).
+
+    Raises:
+        DatasetError: ``multilabel=False`` while a clip has no class or several (names the first, via ``what``).
+    """
+    if multilabel is True:
+        return True
+    counts = np.asarray(class_counts_per_clip, dtype=np.int64).reshape(-1)
+    if not counts.any():
+        return multilabel is None
+    off = np.flatnonzero(counts != 1)
+    if multilabel is False and off.size:
+        raise DatasetError(f"{what}: multilabel=false, but clip {int(off[0])} has {int(counts[off[0]])} classes "
+                           "(a single-label set needs exactly one per clip)")
+    return bool(off.size)
 
 
 def labels_tensor(labels: Sequence[int | list[int]], num_classes: int, multilabel: bool) -> torch.Tensor:
@@ -52,4 +77,4 @@ def class_balanced_weights(labels: torch.Tensor, num_classes: int, smoothing: fl
     return s
 
 
-__all__ = ["class_balanced_weights", "class_counts", "class_weights", "labels_tensor"]
+__all__ = ["class_balanced_weights", "class_counts", "class_weights", "decide_multilabel", "labels_tensor"]

@@ -240,6 +240,7 @@ def prepare(
     if shard_size <= 0:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
     out = Path(out_dir)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock_folder(out)
@@ -247,9 +248,23 @@ def prepare(
         raise PrepareError(_write_failure(out, e)) from None
     try:
         return _prepare_locked(src_spec, out, shard_size, workers, fmt, sample_rate, progress, strict, log, lock)
+    except BaseException:
+        if created:  # a run that failed before writing anything (a bad spec, no files) leaves no folder behind
+            _remove_if_only_lock(out)
+        raise
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _remove_if_only_lock(out: Path) -> None:
+    """Remove ``out`` when it holds nothing but this run's lock file (nothing else is ever deleted)."""
+    try:
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass  # best effort: the error being raised is the one to report
 
 
 def _write_failure(out: Path, e: OSError) -> str:
@@ -340,7 +355,8 @@ def _finish(out: Path, num_shards: int, ds, src_spec: str, fmt: str, sample_rate
                "class_names": list(ds.class_names), "multilabel": bool(ds.multilabel)}
     _write_json_atomic(out / "dataset.json", summary)
     log(f"prepare: {len(rows)} clips ({summary['seconds'] / 3600:.2f} h) in {num_shards} shard(s) under {out}"
-        + (f"; {len(bad)} bad clip(s) left out, listed in {out / 'bad_files.csv'}" if bad else ""))
+        + (f"; {len(bad)} bad clip(s) left out (first: {bad[0][1]}: {bad[0][2]}), listed in "
+           f"{out / 'bad_files.csv'}" if bad else ""))
     log(f"train on it with: --data {spec}")
     return summary
 

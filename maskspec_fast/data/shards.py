@@ -149,7 +149,11 @@ def _scan_one(path: str, on_error: str, bad: list, sources: dict | None = None) 
         if "audio" not in sample:
             problem(f"{path}:{sample['key']}", f"sample has no audio member ({', '.join(AUDIO_FIELDS)})")
             return
-        out.append((sample["key"], *sample["audio"], sample.get("labels")))
+        # labels: one list when one kind of label member was read; {"cls": [...], "json": [...]} when both were
+        # (reconciled over the whole set by _reconcile_cls_json)
+        labels = {"cls": sample["cls"], "json": sample["json"]} if "cls" in sample and "json" in sample else \
+            sample.get("cls", sample.get("json"))
+        out.append((sample["key"], *sample["audio"], labels))
 
     try:
         with tarfile.open(path, "r:") as tf:  # uncompressed tar: members are readable by offset
@@ -199,7 +203,7 @@ def _scan_one(path: str, on_error: str, bad: list, sources: dict | None = None) 
                     raw = next((meta[k] for k in JSON_LABEL_KEYS if k in meta), None) if isinstance(meta, dict) \
                         else None
                     if raw is not None:
-                        cur["labels"] = cur.get("labels", []) + (raw if isinstance(raw, list) else [raw])
+                        cur["json"] = cur.get("json", []) + (raw if isinstance(raw, list) else [raw])
                         sources["json"] = sources.get("json", 0) + 1
                 elif low == "cls":  # webdataset's class member: the class index as text ("3\n")
                     text = tf.extractfile(m).read().decode("utf-8", "replace").strip()
@@ -208,13 +212,54 @@ def _scan_one(path: str, on_error: str, bad: list, sources: dict | None = None) 
                     except ValueError:
                         lab = text  # a class name: looked up in the class list like a json name
                     if text:
-                        cur["labels"] = cur.get("labels", []) + [lab]
+                        cur["cls"] = cur.get("cls", []) + [lab]
                         sources["cls"] = sources.get("cls", 0) + 1
             close(cur)
     except tarfile.ReadError as e:  # not a tar at all (or compressed)
         problem(path, f"not an uncompressed tar file ({e})")
         return []
     return out
+
+
+def _reconcile_cls_json(per_shard: list[list], shards: list[str]) -> tuple[list[list], list[str] | None]:
+    """One label space for samples that carry both a ``.cls`` and a ``.json`` label member.
+
+    The two describe the same clip: ``.cls`` its class index, ``.json`` its labels as indices or names. They agree
+    when every sample's json labels are exactly its cls labels (indices), or when the json names and the cls
+    indices pair up one to one over the whole set (index ``k`` is always name ``n`` and back); the class list is
+    then the names in index order. Each sample keeps its ``.cls`` label. Anything else (``cls 2`` beside
+    ``["tone"]`` in one sample and beside ``["noise"]`` in another, several json labels beside one class index) is
+    a :class:`DatasetError` naming the first sample that disagrees: mixing the two would silently invent classes.
+
+    Returns the rows with plain label lists and the class names the pairing fixes (None when it fixes none).
+    """
+    pairs: dict[int | str, tuple] = {}  # cls label -> json labels
+    back: dict[tuple, int | str] = {}
+    names_seen = False
+    for s, rows in enumerate(per_shard):
+        for r in rows:
+            if not isinstance(r[4], dict):
+                continue
+            cls, js = r[4]["cls"], tuple(r[4]["json"])
+            where = f"webdataset: {shards[s]}:{r[0]}"
+            if len(cls) != 1 or len(js) != 1:
+                raise DatasetError(f"{where}: .cls {cls} and .json labels {list(js)} disagree (one class index "
+                                   "beside several labels); write one kind of label member per sample")
+            if js == tuple(cls):
+                continue  # the same index twice
+            names_seen = True
+            if pairs.setdefault(cls[0], js) != js or back.setdefault(js, cls[0]) != cls[0]:
+                other = pairs[cls[0]] if pairs[cls[0]] != js else back[js]
+                raise DatasetError(f"{where}: .cls {cls[0]} beside .json {list(js)} disagrees with another sample "
+                                   f"({other!r}); .cls and .json must name the same classes")
+    rows_out = [[(*r[:4], r[4]["cls"]) if isinstance(r[4], dict) else r for r in rows] for rows in per_shard]
+    if not names_seen:
+        return rows_out, None
+    if not all(isinstance(k, int) for k in pairs):
+        return rows_out, None  # cls members spell names too: the names found are the class list
+    top = max(pairs)
+    names = [str(pairs[k][0]) if k in pairs else str(k) for k in range(top + 1)]
+    return rows_out, names
 
 
 def scan_shards(
@@ -236,6 +281,9 @@ def scan_shards(
         meta = Path(shards[0]).parent / "dataset.json"
         if meta.is_file():
             class_names = json.loads(meta.read_text()).get("class_names")
+    per_shard, cls_names = _reconcile_cls_json(per_shard, shards)
+    if class_names is None and num_classes is None and cls_names is not None:
+        class_names = cls_names
     found = {lab for rows in per_shard for r in rows for lab in (r[4] or [])}
     if class_names is not None:
         names = [str(c) for c in class_names]

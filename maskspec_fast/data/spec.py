@@ -9,9 +9,11 @@
     webdataset:/s/shard-{000000..000999}.tar ShardStream (tar shards, streamed; :shuffle_buffer=1000)
     hf:/path/to/saved_dataset                HFAudio (datasets.save_to_disk folder or parquet files)
 
-Options after the argument are ``key=value`` separated by ``:``; values are parsed as int, float, bool
-(true/false/yes/no), comma lists of ints (``folds``) or left as strings. Keyword arguments of the call (e.g.
-``clip_seconds``, ``train``, ``seed``, ``on_error``) are passed to the constructor; options in the string win.
+Options after the argument are ``key=value`` separated by ``:``. Each kind declares its options: the keyword
+parameters of its constructor (and of the base classes it passes ``**kwargs`` to), typed by their annotations
+(:mod:`maskspec_fast.data.options`). An unknown key or a value of the wrong type is a :class:`DatasetError` naming the
+spec, the option and the known options. Keyword arguments of the call (e.g. ``clip_seconds``, ``train``, ``seed``,
+``on_error``) are passed to the constructor; options in the string win.
 A path may itself contain ``:``: only trailing ``:key=value`` parts are treated as options.
 """
 
@@ -24,6 +26,7 @@ from .base import AudioDataset, DatasetError
 from .files import ESC50, AudioFolder, ClassFolders, Manifest
 from .hdf5 import HDF5Audio
 from .hf import HFAudio
+from .options import check_options
 from .stream import ShardStream
 from .synthetic import SyntheticSounds
 
@@ -56,8 +59,8 @@ def _value(key: str, text: str) -> Any:
     return text
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
-    """``"esc50:/data/ESC-50:folds=1,2"`` -> ``("esc50", "/data/ESC-50", {"folds": (1, 2)})``."""
+def split_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``"esc50:/data/ESC-50:folds=1,2"`` -> ``("esc50", "/data/ESC-50", {"folds": "1,2"})`` (option values as text)."""
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
@@ -67,11 +70,20 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
             f"data spec {spec!r} lacks its argument after '{kind}:' (e.g. {kind}:{_EXAMPLE[kind]})"
         )
     parts = rest.split(":")
-    opts: dict[str, Any] = {}
+    opts: dict[str, str] = {}
     while len(parts) > 1 and _OPTION.match(parts[-1]):
         key, _, val = parts.pop().partition("=")
-        opts[key] = _value(key, val)
-    return kind, ":".join(parts), opts
+        if key in opts:
+            raise DatasetError(f"{spec}: option {key!r} is given twice")
+        opts[key] = val
+    return kind, ":".join(parts), dict(reversed(opts.items()))
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``"esc50:/data/ESC-50:folds=1,2"`` -> ``("esc50", "/data/ESC-50", {"folds": (1, 2)})`` (values guessed from
+    their text; :func:`build_dataset` converts them by the kind's declared option types instead)."""
+    kind, arg, raw = split_spec(spec)
+    return kind, arg, {key: _value(key, val) for key, val in raw.items()}
 
 
 _EXAMPLE = {
@@ -88,7 +100,8 @@ _EXAMPLE = {
 
 def build_dataset(spec: str, **kwargs: Any) -> AudioDataset:
     """Build a data set from a spec string (see module doc); ``kwargs`` go to the constructor."""
-    kind, arg, opts = parse_spec(spec)
+    kind, arg, raw = split_spec(spec)
+    opts = check_options(KINDS[kind], spec, raw)
     kwargs = {**kwargs, **opts}
     if kind == "synthetic":
         try:
@@ -108,4 +121,4 @@ def require_labels(dataset: AudioDataset, spec: str) -> None:
     raise DatasetError(f"{spec}: no labels found (looked for {where}); fine-tuning needs a labelled set")
 
 
-__all__ = ["KINDS", "build_dataset", "parse_spec", "require_labels"]
+__all__ = ["KINDS", "build_dataset", "parse_spec", "require_labels", "split_spec"]

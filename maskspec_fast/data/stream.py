@@ -33,7 +33,7 @@ import torch
 
 from ..frontend.audio import AudioFileError
 from .base import AudioDataset
-from .labels import labels_tensor
+from .labels import decide_multilabel, labels_tensor
 from .order import epoch_order, per_rank, rank_share
 from .shards import LABEL_SOURCES, ShardIndex, read_class_list, scan_shards
 from .subset import Subset
@@ -120,13 +120,11 @@ class ShardStream(AudioDataset):
         self.index: ShardIndex = scan_shards(pattern, self.on_error, class_names, num_classes)
         self.class_names = self.index.class_names
         meta = self._prepared_meta()
-        if multilabel is not None:
-            self.multilabel = bool(multilabel)
-        elif meta.get("multilabel") is False:  # prepared from a single-label set: keep it single-label
-            self.multilabel = False
-        elif "multilabel" not in meta and self.index.label_sources.get("cls") and \
-                not self.index.label_sources.get("json"):
-            self.multilabel = False  # `.cls` holds one class index per sample: a single-label set
+        if multilabel is None and "multilabel" in meta:  # prepared shards keep the kind of the set they came from
+            multilabel = bool(meta["multilabel"])
+        # the one rule (data.labels.decide_multilabel): single-label when every sample has exactly one class, as
+        # for manifests and hdf5:, whether the labels came from .cls or .json members
+        self.multilabel = decide_multilabel(np.diff(self.index.label_ptr), multilabel, f"webdataset:{pattern}")
         self.bad = list(self.index.bad)
         self.shuffle_buffer = int(shuffle_buffer)
         self.min_samples = MIN_SAMPLES if min_samples is None else int(min_samples)
@@ -269,7 +267,7 @@ class ShardStream(AudioDataset):
                 np.multiply(pcm[start : start + m], np.float32(1.0 / 32768.0), out=rows[r, :m], casting="unsafe")
                 rows[r, m:] = 0.0
                 samples.append({"label": self._label_tensor(self._label(i)), "path": self.index.member(i),
-                                "index": i, "replaced": "", "replaced_reason": ""})
+                                "index": i, "replaced": "", "replaced_reason": "", "padded": self.clip_samples - m})
             else:
                 s = self.sample(i, pool)
                 wave[r] = s["wave"]
@@ -280,6 +278,7 @@ class ShardStream(AudioDataset):
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
             "path": [s["path"] for s in samples],
             "replaced": [(s["replaced"], s["replaced_reason"]) for s in samples if s["replaced"]],
+            "padded": torch.tensor([int(s.get("padded", 0)) for s in samples], dtype=torch.long),
         }
 
 

@@ -58,6 +58,11 @@ class Subset:
             raise IndexError(f"index {index} out of range for a subset of {n} clips")
         return self.parent.sample(int(self.ids[index]), pool=self.ids)
 
+    def clip(self, index: int) -> dict[str, Any]:
+        """Clip ``index`` as evaluation reads it (the parent's :meth:`~maskspec_fast.data.base.AudioDataset.clip`:
+        never replaced)."""
+        return self.parent.clip(int(self.ids[index]))
+
     def labels(self) -> torch.Tensor:
         if self._labels is None:
             self._labels = self.parent.labels()[torch.from_numpy(self.ids)]

@@ -42,7 +42,9 @@ class AudioFileError(ValueError):
     are in the message.
     """
 
-    def __init__(self, path: str | os.PathLike, problem: str, paths: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, problem: str | None = None, paths: Sequence[str] | None = None):
+        if problem is None:  # rebuilt from a message alone (e.g. torch's re-raise of a worker error): keep it whole
+            path, _, problem = str(path).rstrip().rpartition("\n")[2].removeprefix(_QUALNAME).partition(": ")
         self.path = str(path)
         self.problem = problem
         self.paths = list(paths) if paths is not None else [self.path]
@@ -50,6 +52,9 @@ class AudioFileError(ValueError):
 
     def __reduce__(self):  # picklable across DataLoader worker processes
         return (type(self), (self.path, self.problem, self.paths))
+
+
+_QUALNAME = f"{__name__}.AudioFileError: "
 
 
 def _resample_np(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
@@ -191,6 +196,20 @@ def decode_window(
     return torch.from_numpy(np.ascontiguousarray(mono[skip : skip + num], dtype=np.float32))
 
 
+def _not_a_file(p: Path) -> str:
+    """Why ``p`` cannot be read as a file, checked without opening it (opening a FIFO would block)."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return "file not found" + (" (a dangling link)" if p.is_symlink() else "")
+    kind = next((name for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                                         (stat.S_ISDIR, "a directory")) if test(mode)), "not a regular file")
+    return f"not a regular file ({kind})" if kind != "not a regular file" else kind
+
+
 def soundfile_reader(f, path: str | os.PathLike):
     """``read(a, b)`` for :func:`decode_window` over an open ``soundfile.SoundFile``: seeks to ``a`` (or reads
     and drops the frames before it where the format cannot seek) and reads ``b - a`` frames, down-mixed."""
@@ -236,7 +255,7 @@ def load_audio(
             p, f"unsupported extension {p.suffix!r} (supported: {', '.join(AUDIO_EXTENSIONS)})"
         )
     if not p.is_file():
-        raise AudioFileError(p, "file not found" if not p.exists() else "not a regular file")
+        raise AudioFileError(p, _not_a_file(p))
     if p.stat().st_size == 0:
         raise AudioFileError(p, "empty file (0 bytes)")
     try:

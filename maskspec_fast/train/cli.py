@@ -15,6 +15,7 @@ from ..frontend.logmel import SAMPLE_RATE, LogMel, model_frames
 from ..serialization import CheckpointWriteError
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
+from .logs import append_bad_files, write_bad_files
 from .recipe import FinetuneRecipe
 
 EXAMPLES = """examples:
@@ -43,7 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="training (or evaluation) data spec, see below")
     g.add_argument("--clip-seconds", type=float, default=None,
-                   help="clip length in seconds (default: 2.56 for synthetic data, 10 otherwise)")
+                   help="clip length in seconds (default: 2.56 for synthetic:, 5 for esc50:, 10 otherwise); "
+                        "shorter files are zero-padded (the run warns when padding exceeds 25 %% of the audio)")
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--skip-bad-files", action="store_true",
                    help="replace corrupt/unreadable files by other clips and count them instead of stopping")
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, device, con)
     except AudioFileError as e:
-        print(f"error: {e} (use --skip-bad-files to replace such files)", file=sys.stderr)
+        what = "leave such files out of the score" if args.command == "eval" else "replace such files"
+        print(f"error: {e} (use --skip-bad-files to {what})", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -375,6 +378,9 @@ def _finetune(args, device, con: Console) -> int:
     if eval_source is not None:
         summary["eval"] = evaluate(result.model, eval_source, device, **_predict_kw(args, con, recipe.batch_size))
         con.say(describe(summary["eval"], args.eval_data))
+        if summary["eval"]["bad_files"] and con.info.is_main:  # beside training's rows, marked as left out
+            append_bad_files(Path(run.out) / "bad_files.csv", result.steps,
+                             [(p, f"{why} (left out of evaluation)") for p, why in summary["eval"]["bad_files"]])
     con.write_json(Path(run.out) / "summary.json", summary)
     return 0
 
@@ -394,6 +400,12 @@ def _eval(args, device, con: Console) -> int:
                                                         "checkpoint": args.checkpoint, "batch_size": args.batch_size,
                                                         "precision": args.precision})
         con.write_json(Path(args.out) / "eval.json", metrics)
+        if metrics.get("bad_files") and con.info.is_main:
+            write_bad_files(Path(args.out) / "bad_files.csv", metrics["bad_files"])
+    if metrics.get("omitted"):
+        con.say(f"warning: {metrics['omitted']} bad file(s) left out of the score"
+                + (f" (listed in {Path(args.out) / 'bad_files.csv'})" if args.out else
+                   ": " + "; ".join(f"{p}: {why}" for p, why in metrics["bad_files"][:5])))
     return 0
 
 

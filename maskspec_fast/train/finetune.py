@@ -94,7 +94,7 @@ def fit_head(clf: Classifier, source: Source, recipe: recipes.FinetuneRecipe, de
     head = clf.head
     clf.head = torch.nn.Identity()  # predict() then returns the clip embeddings
     try:
-        emb, labels = predict(clf, source, LogMel().to(device), device, **predict_kw)
+        emb, labels = predict(clf, source, LogMel().to(device), device, **predict_kw)[:2]
     finally:
         clf.head = head
     w, b, mu, sd = recipes.fit_logistic_regression(emb.double().cpu(), labels.cpu(), clf.num_classes, recipe.head_l2)

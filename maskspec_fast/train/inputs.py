@@ -24,21 +24,22 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..data.carry import CarryErrors, carried_iter, collate_or_failure, raise_failure
 from ..data.interfaces import Input, MapSource, Source, StreamSource
 from ..frontend.logmel import LogMel
 from .sampler import ResumableSampler
 
 
 def make_loader(dataset, sampler: ResumableSampler, batch_size: int, workers: int, seed: int, epoch: int):
-    from ..data import collate
-
+    """A DataLoader over ``dataset`` whose documented data errors reach the caller with their type and message
+    (:mod:`maskspec_fast.data.carry`: pass each batch through ``raise_failure``)."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)  # worker seeds depend on (seed, epoch) only
     return DataLoader(
-        dataset,
+        CarryErrors(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_or_failure,
         drop_last=True,
         generator=g,
         persistent_workers=False,
@@ -86,7 +87,7 @@ class TorchInput:
         for i, batch in enumerate(loader):
             if start_batch + i >= self.batches_per_epoch:
                 break
-            yield batch
+            yield raise_failure(batch)
 
     def spec(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch_spec(batch, "wave", self.frontend, self.device)
@@ -181,8 +182,8 @@ class _EpochBatches(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.source.iter_batches(self.epoch, self.local_batch, self.start, self.stop, self.rank,
-                                        self.world_size, worker, workers)
+        return carried_iter(lambda: self.source.iter_batches(self.epoch, self.local_batch, self.start, self.stop,
+                                                             self.rank, self.world_size, worker, workers))
 
 
 class StreamInput:
@@ -232,7 +233,8 @@ class StreamInput:
                                 self.rank, self.world_size)
         workers = min(self.workers, self.batches_per_epoch - start_batch)
         loader = DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False)
-        yield from loader
+        for batch in loader:
+            yield raise_failure(batch)
 
     def spec(self, batch: dict[str, Any]) -> torch.Tensor:
         return batch_spec(batch, "wave", self.frontend, self.device)

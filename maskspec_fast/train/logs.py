@@ -78,9 +78,19 @@ class TensorBoard:
 
 
 def append_bad_files(path: Path, step: int, bad: list[tuple[str, str]]) -> None:
-    """One ``step,path,problem`` line per replaced file in ``bad_files.csv``."""
-    with path.open("a") as fh:
-        fh.writelines(f"{step},{p},{problem}\n" for p, problem in bad)
+    """One ``step,path,problem`` CSV row per replaced (or, from evaluation, left-out) file in ``bad_files.csv``
+    (quoted by the csv module: paths may hold commas)."""
+    with path.open("a", newline="") as fh:
+        csv.writer(fh).writerows([step, p, problem] for p, problem in bad)
 
 
-__all__ = ["EVAL_FIELDS", "LOG_FIELDS", "CsvLog", "TensorBoard", "append_bad_files"]
+def write_bad_files(path: Path, bad: list[tuple[str, str]] | list[list[str]]) -> None:
+    """``path,problem`` rows (with a header) of the bad files an evaluation left out."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "problem"])
+        w.writerows([p, problem] for p, problem in bad)
+
+
+__all__ = ["EVAL_FIELDS", "LOG_FIELDS", "CsvLog", "TensorBoard", "append_bad_files", "write_bad_files"]

@@ -172,6 +172,7 @@ class Trainer:
         """One optimizer step on ``batch``: ``(loss, lr, grad_norm)``, or None when a non-finite loss was skipped."""
         cfg, st = self.config, self.state
         bad = self.input.replaced(batch)
+        self._watch_padding(batch)
         if bad:
             append_bad_files(self.out / "bad_files.csv", st.step, bad)
             for p, problem in bad:
@@ -214,6 +215,30 @@ class Trainer:
         self.losses.append(loss)
         return loss, lr, grad_norm
 
+    # fraction of the audio drawn in the first batches that was zero padding, above which the run says so once
+    PADDING_WARN = 0.25
+    PADDING_BATCHES = 8
+
+    def _watch_padding(self, batch: dict[str, Any]) -> None:
+        """Say once when files are much shorter than the clip: zero padding is silence the model learns from
+        (2-3 s clips at the 10-s default are 70-80 % padding). Measured over the first :attr:`PADDING_BATCHES`
+        batches this process reads (``batch["padded"]``: zeros appended per clip; inputs that do not report it,
+        DALI's, are not watched)."""
+        if self._padding is None or "padded" not in batch:
+            return
+        padded, total, seen = self._padding
+        padded += int(batch["padded"].sum())
+        total += int(batch["padded"].numel()) * round(self.dataset.clip_seconds * self.dataset.sample_rate)
+        seen += 1
+        self._padding = (padded, total, seen)
+        if seen < self.PADDING_BATCHES and padded / max(total, 1) <= self.PADDING_WARN:
+            return
+        self._padding = None  # decided: said at most once per run
+        if padded / max(total, 1) > self.PADDING_WARN:
+            self.log(f"warning: {100 * padded / total:.0f} % of the audio in the first {seen} batch(es) is zero "
+                     f"padding: the files are shorter than the {self.dataset.clip_seconds:g}-s clip (set "
+                     "--clip-seconds to about your files' length)")
+
     # --- what happens between steps -------------------------------------------------------------------------------
     def _log_row(self, loss: float, lr: float, grad_norm: float) -> None:
         st, now = self.state, time.time()
@@ -233,6 +258,11 @@ class Trainer:
         st = self.state
         name, value, details = self.evaluate(self.model)
         loss = float(details.get("loss", 0.0))
+        if details.get("omitted") and self.info.is_main:  # left out of the score, never replaced: say which
+            left = [(path, f"{why} (left out of evaluation)") for path, why in details["bad_files"]]
+            append_bad_files(self.out / "bad_files.csv", st.step, left)
+            self.log(f"step {st.step}: evaluation left out {len(left)} bad file(s), scored {details['clips']} "
+                     f"clips (listed in {self.out / 'bad_files.csv'})")
         if value == value:  # the recipe's rule: higher metric, on a tie lower evaluation loss
             improved = self._tracker.update(st.step, value, loss)
         else:  # a NaN metric never improves
@@ -295,6 +325,7 @@ class Trainer:
                         dynamic_ncols=True, disable=cfg.quiet or not main)
         self._t0 = self._last_t = time.time()
         self._last_step = self.state.step
+        self._padding: tuple[int, int, int] | None = (0, 0, 0)  # (zeros, samples, batches) until decided
         self._tracker = BestTracker(cfg.patience)  # checkpoint selection and early stopping, as the recipe's
         best = self.state.best
         if best:  # resumed: the best so far still has to be beaten (its stale count is not checkpointed)
