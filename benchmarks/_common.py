@@ -135,6 +135,46 @@ def read_rows(path: str, bench: str | None = None) -> list[dict[str, Any]]:
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
+def sgemm_peak_flops(device: torch.device, n: int = 2048, iters: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's attainable dense matmul rate in FLOP/s, measured: the best of ``iters`` ``n x n @ n x n``
+    products (``2 n^3`` FLOPs each) after one warm-up, with the threads torch uses now. Best, not median: the
+    probe asks what the hardware can reach (a benchmark row is then a fraction of it); ~0.5 s on 2 CPU cores."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best
+
+
+def resolve_peak(choice: str, device: torch.device, datasheet: float | None, what: str) -> tuple[float | None, str]:
+    """The peak FLOP/s every row is a fraction of, and a note saying where it came from.
+
+    ``choice``: ``auto`` (a CPU: :func:`sgemm_peak_flops` measured now; a GPU: ``datasheet``, the card's dense peak
+    for the dtype, when known), a number of TFLOP/s (assumed, marked so), or ``none``.
+    """
+    if choice == "none":
+        return None, "no peak (--peak-tflops none)"
+    if choice != "auto":
+        try:
+            value = float(choice)
+        except ValueError:
+            raise SystemExit(f"--peak-tflops takes auto, none or a number, got {choice!r}") from None
+        return value * 1e12, f"{value:g} TFLOP/s ASSUMED (--peak-tflops)"
+    if device.type == "cuda":
+        if datasheet:
+            return datasheet, f"{datasheet / 1e12:g} TFLOP/s ({what} datasheet peak)"
+        return None, f"peak unknown for {what} (pass --peak-tflops N): no fraction"
+    peak = sgemm_peak_flops(device)
+    return peak, (f"{peak / 1e9:.1f} GFLOP/s measured now: best of 5 fp32 2048^3 sgemm on "
+                  f"{torch.get_num_threads()} thread(s) (--peak-tflops auto)")
+
+
 def compile_fn(fn: Callable, backend: str = "inductor") -> Callable:
     """``torch.compile(fn, backend=...)``. ``inductor`` is the real thing (what is timed on a GPU); ``aot_eager``
     traces through Dynamo and AOTAutograd (graph capture, our custom ops' fake kernels, the joint graph) but

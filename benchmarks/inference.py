@@ -23,7 +23,10 @@ clip length (the last aligned to the end), embedded ``--batch-size`` windows at 
 median [p20, p80] wall time after ``--num-warm-iter`` untimed runs, audio seconds per second, the same per core
 (``/ --threads``), ``min cos`` of its embeddings against eager on the same audio, and for ``long`` the process's
 peak resident memory during the row (Linux ``VmHWM``, reset before the row: includes the model and runtime
-already resident). Models are randomly initialised (speed and memory do not depend on the weights; the int8
+already resident), and the row's rate against the machine's peak: ``GFLOP/s`` = the FLOPs of the eager computation
+of the same audio (``torch.utils.flop_counter``: the encoder's matmuls and the mel projection; the FFT is not
+counted), the same useful work for every backend, over the row's time, and ``%peak`` = that over the peak
+(``--peak-tflops auto``: an sgemm probe measured at the start of the run, :func:`_common.sgemm_peak_flops`). Models are randomly initialised (speed and memory do not depend on the weights; the int8
 cosine of a trained model can differ: check it on yours).
 
 Prints a table and writes ``--results-file`` (JSON: device, versions, commit, arguments, rows).
@@ -40,7 +43,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
-from _common import environment, peak_rss, print_table, reset_peak_rss, time_fn, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    environment,
+    peak_rss,
+    print_table,
+    reset_peak_rss,
+    resolve_peak,
+    time_fn,
+    write_json,
+)
 
 from maskspec_fast import Classifier, ModelConfig  # noqa: E402
 from maskspec_fast.export import export_onnx, export_program, waveform_limits  # noqa: E402
@@ -63,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-bench-iter", type=int, default=7, help="timed runs of the clips case (default 7)")
     p.add_argument("--long-iters", type=int, default=2, help="timed runs of the long case, after one warm-up (default 2)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    p.add_argument("--peak-tflops", default="auto",
+                   help="the peak rows are a fraction of: auto (an sgemm probe measured now), none, or TFLOP/s")
     p.add_argument("--int8-min-cos", type=float, default=0.99, help="int8 kept if every cos >= this (default 0.99)")
     p.add_argument("--results-file", default="benchmarks/results/cpu_inference.json", help="JSON output ('' for none)")
     p.add_argument("--quick", action="store_true",
@@ -160,6 +173,7 @@ def measure(preset: str, args: argparse.Namespace, workdir: Path) -> list[dict[s
     long = torch.randn(int(args.long_minutes * 60 * SAMPLE_RATE), generator=gen) * 0.1
     rows: list[dict[str, Any]] = []
     ref: dict[str, torch.Tensor] = {}
+    flops = count_flops(runner("eager", clf, workdir, args), clips, long, clip, args)
     for backend in args.backends:
         try:
             with torch.no_grad():
@@ -184,18 +198,37 @@ def measure(preset: str, args: argparse.Namespace, workdir: Path) -> list[dict[s
             per_s = audio_s / t["median_s"]
             row.update(audio_s=audio_s, median_ms=1e3 * t["median_s"], p20_ms=1e3 * t["p20_s"], p80_ms=1e3 * t["p80_s"],
                        x_realtime=per_s, x_realtime_per_core=per_s / args.threads,
-                       min_cos_vs_eager=cos_min(out, ref[case]) if backend != "timm" else None, status="ok")
+                       min_cos_vs_eager=cos_min(out, ref[case]) if backend != "timm" else None, status="ok",
+                       GFLOP_per_s=flops[case] / t["median_s"] / 1e9)
+            if args.peak:
+                row["frac_peak"] = flops[case] / t["median_s"] / args.peak
             if case == "long":
                 row["peak_rss_mib"] = peak_rss() / 2**20
             if backend == "onnx_int8" and row["min_cos_vs_eager"] < args.int8_min_cos:
                 row["status"] = f"rejected: cos {row['min_cos_vs_eager']:.4f} < {args.int8_min_cos}"
             rows.append(row)
-            print(f"  {preset} {backend} {case}: {per_s / args.threads:.1f}x real time per core", flush=True)
+            at_peak = f", {row['frac_peak']:.0%} of peak" if args.peak else ""
+            print(f"  {preset} {backend} {case}: {per_s / args.threads:.1f}x real time per core{at_peak}", flush=True)
     return rows
+
+
+def count_flops(eager: Callable[[torch.Tensor], Any], clips: torch.Tensor, long: torch.Tensor, clip: int,
+                args: argparse.Namespace) -> dict[str, float]:
+    """FLOPs of the eager computation of each case's audio (``torch.utils.flop_counter``; module doc)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for case in args.cases:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            eager(clips) if case == "clips" else embed_long(eager, long, clip, args.batch_size)
+        out[case] = float(counter.get_total_flops())
+    return out
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
+    args.peak, args.peak_note = resolve_peak(str(args.peak_tflops), CPU, None, "CPU")
+    print(f"peak: {args.peak_note}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
@@ -203,7 +236,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     print_table(rows, [("preset", "preset"), ("backend", "backend"), ("case", "case"), ("audio_s", "audio s"),
                        ("median_ms", "median ms"), ("p20_ms", "p20"), ("p80_ms", "p80"), ("x_realtime", "x RT"),
                        ("x_realtime_per_core", "x RT/core"), ("peak_rss_mib", "peak MiB"),
-                       ("min_cos_vs_eager", "min cos"), ("status", "status")])
+                       ("GFLOP_per_s", "GFLOP/s"), ("frac_peak", "%peak"), ("min_cos_vs_eager", "min cos"),
+                       ("status", "status")])
+    print(f"%peak: GFLOP/s of the eager computation's FLOPs over the peak: {args.peak_note}")
     env = environment(CPU)
     for mod in ("onnxruntime", "onnx", "timm"):
         try:

@@ -12,12 +12,15 @@ Implementations (``--impls``, comma list or ``all``):
 * ``timm``: the peer a user would pick instead of us, the MAE recipe on ``timm``'s ViT ``Block`` (its fused
   SDPA attention) with the same masking and loss (:func:`build_timm_model`); on a GPU this, not ``ref``, is
   the bar the fused path must clear. Needs timm (import-guarded: the row says "skipped" without it);
-* ``<impl>_compile``: the same model under ``torch.compile`` (``--compile-backend``, inductor by default).
+* ``<impl>_compile``: the same model under ``torch.compile`` (``--compile-backend``, inductor by default); our
+  models through :func:`maskspec_fast.backends.compile_module`, the one the CLI's ``--compile`` calls (in place),
+  the timm peer through ``torch.compile``. ``compile s`` is the first step's time minus a timed step's.
 
 Reports samples/s, seconds of audio per second, step time median [p20, p80], peak memory, model FLOP/s, and
 the compute floor: the step's matmul FLOPs over the card's dense peak for the dtype (``floor ms``), with the
-step's distance to it (``MFU = floor / step``). On a CPU the peak is unknown: no floor is printed unless
-``--peak-tflops`` states one, and then it is marked as assumed. FLOPs are counted for the matmuls (x3 for
+step's distance to it (``MFU = floor / step``: the fraction of the peak the step reaches). The peak
+(``--peak-tflops auto``, the default): on a CPU an sgemm probe measured in the same run (the machine's attainable
+rate, :func:`_common.sgemm_peak_flops`), on a GPU the card's datasheet peak; a number is marked as assumed. FLOPs are counted for the matmuls (x3 for
 forward + backward), the same count for every implementation (the reference's work):
   encoder on 1 + K visible tokens: per block 24 N D^2 + 4 N^2 D   (qkv 6ND^2, proj 2ND^2, mlp 16ND^2, QK^T and AV)
   decoder on 1 + L tokens with width Dd: the same formula; plus patch embedding 2 L 256 D, decoder_embed
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -46,11 +50,14 @@ from _common import (  # noqa: E402
     peak_rss,
     print_table,
     reset_peak_rss,
+    resolve_peak,
+    sync,
     time_fn,
     write_json,
 )
 
 from maskspec_fast import Classifier, Model, ModelConfig  # noqa: E402
+from maskspec_fast.backends import compile_module  # noqa: E402
 from maskspec_fast.layers import init_weights  # noqa: E402
 from maskspec_fast.ops import num_visible  # noqa: E402
 from maskspec_fast.train.schedule import make_adamw  # noqa: E402
@@ -139,7 +146,9 @@ def make_step(kind: str, impl: str, config: ModelConfig, args, device: torch.dev
     else:
         model = Classifier(config, args.num_classes, fused=base == "fused").to(device)
     opt = make_adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # fused AdamW, as the training CLI uses
-    fwd = compile_fn(model, args.compile_backend) if impl.endswith("_compile") else model
+    fwd = model
+    if impl.endswith("_compile"):  # ours: in place, as `--compile` does in the CLI; the peer: torch.compile
+        fwd = compile_fn(model, args.compile_backend) if base == "timm" else compile_module(model, args.compile_backend)
     spec = torch.randn(args.batch_size, config.n_mels, config.frames, device=device)
     labels = torch.randint(args.num_classes, (args.batch_size,), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
@@ -178,13 +187,8 @@ def run(args) -> list[dict]:
         raise SystemExit(f"unknown --impls {unknown}; choose from {IMPLS} or 'all'")
     env = environment(device)
     mm_dtype = "bf16" if args.dtype == "bf16" else "fp32"
-    if args.peak_tflops:
-        peak, peak_note = args.peak_tflops * 1e12, f"{args.peak_tflops:g} TFLOP/s ASSUMED (--peak-tflops)"
-    elif device.type == "cuda" and (peak := peak_for(env["device"], mm_dtype)):
-        peak_note = f"{peak / 1e12:g} TFLOP/s ({env['device']} dense {mm_dtype} datasheet peak)"
-    else:
-        peak = None
-        peak_note = f"peak unknown for {env['device']} (pass --peak-tflops to assume one): no floor"
+    sheet = peak_for(env["device"], mm_dtype) if device.type == "cuda" else None
+    peak, peak_note = resolve_peak(str(args.peak_tflops), device, sheet, f"{env['device']} dense {mm_dtype}")
     sink = RowSink(args.rows_file, "throughput", {"env": env, "args": vars(args), "peak_flops": peak,
                                                    "peak_note": peak_note})
     rows = []
@@ -212,7 +216,11 @@ def run(args) -> list[dict]:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     base_rss = reset_peak_rss()
-                    t = time_fn(step, device, args.num_warm_iter, args.num_bench_iter)
+                    t_first = time.perf_counter()
+                    step()  # the first call: compiles a *_compile row
+                    sync(device)
+                    first_s = time.perf_counter() - t_first
+                    t = time_fn(step, device, max(0, args.num_warm_iter - 1), args.num_bench_iter)
                     mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss() - base_rss)
                 except Exception as e:  # a path that cannot run here is reported, not hidden
                     row = {**base_row, "status": _failure_status(e)}
@@ -226,7 +234,8 @@ def run(args) -> list[dict]:
                        "audio_s_per_s": sps * clip_s, "peak_mem_MiB": mem / 2**20, "GFLOP_per_step": flops / 1e9,
                        "TFLOP_per_s": flops / t["median_s"] / 1e12,
                        "floor_ms": 1e3 * flops / peak if peak else None,
-                       "MFU": flops / t["median_s"] / peak if peak else None}
+                       "MFU": flops / t["median_s"] / peak if peak else None,
+                       "compile_s": first_s - t["median_s"] if impl.endswith("_compile") else None}
                 rows.append(row)
                 sink.write(row)
                 floor = f", floor {row['floor_ms']:.1f} ms (MFU {row['MFU']:.0%})" if peak else ""
@@ -247,7 +256,7 @@ def run(args) -> list[dict]:
     cols = [("shape", "input"), ("patches", "L"), ("mode", "mode"), ("impl", "impl"), ("step_ms", "step ms"),
             ("p20_ms", "p20"), ("p80_ms", "p80"), ("samples_per_s", "samples/s"), ("audio_s_per_s", "audio s/s"),
             ("peak_mem_MiB", "peak MiB"), ("TFLOP_per_s", "TFLOP/s"), ("floor_ms", "floor ms"), ("MFU", "MFU"),
-            ("vs_ref", "x ref"), ("vs_timm", "x timm"), ("status", "status")]
+            ("vs_ref", "x ref"), ("vs_timm", "x timm"), ("compile_s", "compile s"), ("status", "status")]
     print_table(rows, cols)
     for shape, n in shapes:  # the headline ratio, per input shape
         for kind in args.modes.split(","):
@@ -281,8 +290,9 @@ def parse_args(argv=None):
     p.add_argument("--num-classes", type=int, default=527)
     p.add_argument("--num-warm-iter", type=int, default=3 if on_gpu else 2)
     p.add_argument("--num-bench-iter", type=int, default=20 if on_gpu else 6)
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="assume this peak (TFLOP/s) for the compute floor, e.g. on a CPU or an unlisted card")
+    p.add_argument("--peak-tflops", default="auto",
+                   help="the peak each row is a fraction of: auto (CPU: an sgemm probe measured in this run; GPU: the "
+                        "card's datasheet peak), none, or a number of TFLOP/s (marked assumed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows-file", default=None, help="append each row to this JSON-lines file as it finishes")

@@ -1,4 +1,6 @@
-"""``available_backends()``: which implementation each operation uses on this machine, and why."""
+"""``available_backends()``: which implementation each operation uses on this machine, and why; and
+``compile_module()``: the one ``torch.compile`` switch the CLI (``--compile``), ``TrainConfig.compile``, ``embed`` and
+the benchmarks share."""
 from __future__ import annotations
 
 import importlib.util
@@ -39,6 +41,25 @@ def available_backends() -> dict[str, dict[str, str]]:
         "dali": "installed" if _has("nvidia.dali") else "not installed (pip install 'maskspec_fast[dali]')",
     }
     return {"plain": resolve(False).report, "fused": resolve(True).report, "components": comps}
+
+
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def compile_module(module: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> torch.nn.Module:
+    """Compile ``module``'s forward in place with ``torch.compile`` (``nn.Module.compile``) and return it.
+
+    Why in place rather than ``torch.compile(module)``: the wrapper that returns names every parameter
+    ``_orig_mod.<name>``, so checkpoints of a compiled run would not load in an eager one. In place, the module, its
+    ``state_dict`` and ``save_pretrained`` are unchanged; a run may resume with or without ``--compile`` whatever the
+    earlier run did. Compilation happens at the first call (and again for a new input shape or train/eval mode).
+    ``backend``: ``inductor`` (generated kernels: what is timed), ``aot_eager`` (graph capture and AOTAutograd
+    with eager kernels: a quick plumbing check on a CPU), ``eager``.
+    """
+    if backend not in COMPILE_BACKENDS:
+        raise ValueError(f"unknown compile backend {backend!r}; choose from {', '.join(COMPILE_BACKENDS)}")
+    module.compile(backend=backend, mode=mode)
+    return module
 
 
 def format_backends(info: dict[str, dict[str, str]] | None = None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..backends import format_backends
+from ..backends import COMPILE_BACKENDS, compile_module, format_backends
 from ..config import POOLS, ModelConfig
 from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, model_frames
@@ -66,6 +66,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                       help="the fused fast path (the default; prints which implementation each op runs and why)")
     path.add_argument("--reference", dest="fused", action="store_false",
                       help="the plain PyTorch reference path (the truth the fused path is tested against)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (in place: checkpoints keep plain names, --resume works with or "
+                        "without it; the first step's time, compilation included, is printed)")
+    g.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=None,
+                   help="torch.compile backend with --compile (default inductor; aot_eager captures the graph "
+                        "without generating kernels: a quick check)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -393,6 +399,8 @@ def _eval(args, device, con: Console) -> int:
     ds = _dataset(args.data, args, train=False)
     if ds.num_classes != clf.num_classes:
         raise ValueError(f"{args.data}: {ds.num_classes} classes, the classifier has {clf.num_classes}")
+    if args.compile:
+        compile_module(clf, args.compile_backend or "inductor")
     metrics = evaluate(clf, ds, device, **_predict_kw(args, con))
     con.say(describe(metrics, args.data))
     if args.out:

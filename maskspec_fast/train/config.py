@@ -65,6 +65,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without improvement (0: never stop early)
     tensorboard: bool = False
     quiet: bool = False
+    compile: bool = False  # torch.compile the model in place (backends.compile_module): same checkpoints, same rules
+    compile_backend: str = "inductor"  # inductor | aot_eager | eager (aot_eager: graph capture without codegen)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.accum_steps < 1:

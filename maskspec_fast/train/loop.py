@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..backends import compile_module
 from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
 from .checkpoint import last_good_checkpoint, write_json_atomic
@@ -91,9 +92,13 @@ class Trainer:
                                 self.batches_per_epoch, self.log)
         self.state = TrainerState(global_batch=gb, frontend=self.input.name, world_size=info.world_size)
         self._resume()
+        if config.compile:  # in place, before DDP wraps it: parameter names and checkpoints stay plain
+            compile_module(self.model, config.compile_backend)
+            self.log("torch.compile: the model is compiled at its first step (the time is reported after it)")
         self.net = wrap_ddp(self.model, info, device)
         self.rows = local_rows(gb, info.rank, info.world_size)
         self.losses: list[float] = []
+        self.first_step_s: float | None = None  # wall time of this run's first step (includes compiling)
         self.evals: list[dict[str, Any]] = []  # this run's evaluations (a resumed run: those after the resume)
 
     # --- resume and save ------------------------------------------------------------------------------------------
@@ -358,7 +363,12 @@ class Trainer:
         stop = False
         while st.step < cfg.steps and not stop:
             for batch in self.input.epoch(st.epoch, st.batch_in_epoch):
+                t_step = time.perf_counter()
                 result = self._step(batch)
+                if self.first_step_s is None and result is not None:
+                    self.first_step_s = time.perf_counter() - t_step
+                    if cfg.compile:
+                        self.log(f"torch.compile: first step took {self.first_step_s:.1f} s (compilation included)")
                 stop = result is not None and self._after_step(result)
                 if stop or st.step >= cfg.steps:
                     break
@@ -379,6 +389,7 @@ class Trainer:
         return {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
                 "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
                 "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
+                "compiled": cfg.compile, "first_step_s": self.first_step_s,
                 "evals": self.evals}
 
 
