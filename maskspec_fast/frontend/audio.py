@@ -1,7 +1,9 @@
 """Audio decoding, resampling and cropping for the reference (CPU) data path.
 
 ``load_audio(path)`` -> ``(N,)`` float32 mono at 32 kHz:
-  decode (soundfile / libsndfile >= 1.1: wav, flac, ogg/vorbis, mp3)  -> (frames, channels)
+  decode (the registry of frontend/decoders.py picks by content: libsndfile for wav, flac, ogg/vorbis, mp3, aiff;
+          FFmpeg through PyAV, frontend/ffmpeg.py, for mp4/m4a/mov, webm/mkv, opus, aac, wma, ...)
+                                                                       -> (frames, channels)
   -> down-mix: mean over channels                                      -> (frames,)
   -> resample orig_sr -> 32 kHz (polyphase, see :func:`resample`)      -> (ceil(frames * 32000 / orig_sr),)
 
@@ -227,8 +229,6 @@ def load_audio(
     5121 at 32 kHz, for "at least one 16-frame patch"). ``max_samples`` / ``generator``: decode only a window of
     the file (see :func:`decode_window`), what a data set's fixed-length clip needs.
     """
-    import soundfile as sf
-
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in AUDIO_EXTENSIONS:
@@ -239,12 +239,46 @@ def load_audio(
         raise AudioFileError(p, "file not found" if not p.exists() else "not a regular file")
     if p.stat().st_size == 0:
         raise AudioFileError(p, "empty file (0 bytes)")
+    return decode_source(str(p), p, sample_rate, min_samples, max_samples, generator)
+
+
+def decode_source(
+    source,
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Decode ``source`` (a path, or a seekable binary file object named ``path`` in errors) with the decoder the
+    registry picks from its content (:mod:`.decoders`): libsndfile or FFmpeg (:mod:`.ffmpeg`). A file that
+    libsndfile was picked for but cannot open goes to FFmpeg (when installed) before it is called bad."""
+    import soundfile as sf
+
+    from .decoders import FFMPEG, choose, read_head
+
     try:
-        f = sf.SoundFile(str(p))
+        head = read_head(source)
+    except OSError as e:
+        raise AudioFileError(path, f"cannot be read ({e.strerror or e})") from e
+    if choose(head, str(path)) == FFMPEG:
+        from .ffmpeg import ffmpeg_decode
+
+        return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
+    try:
+        f = sf.SoundFile(source)
     except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
-        raise AudioFileError(p, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
+        err = AudioFileError(path, f"corrupt or undecodable audio ({type(e).__name__}: {e})")
+        from .ffmpeg import available, ffmpeg_decode
+
+        if available():
+            try:
+                return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
+            except AudioFileError:
+                pass
+        raise err from e
     with f:
-        return decode_window(soundfile_reader(f, p), f.frames, f.samplerate, p, sample_rate, min_samples,
+        return decode_window(soundfile_reader(f, path), f.frames, f.samplerate, path, sample_rate, min_samples,
                              max_samples, generator)
 
 
@@ -258,6 +292,7 @@ __all__ = [
     "SAMPLE_RATE",
     "check_rate",
     "crop_or_pad",
+    "decode_source",
     "decode_window",
     "input_window",
     "load_audio",
