@@ -27,31 +27,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .constants import AUDIO_EXTENSIONS, MIN_SAMPLES, SAMPLE_RATE
+from .errors import AudioFileError
 from .filters import polyphase_lowpass
-
-
-class AudioFileError(ValueError):
-    """An audio file that cannot be used, on every input path (reference loader, DALI, shard readers).
-
-    ``path`` names the file (``paths`` all suspects when a batch failed as a whole), ``problem`` says why; both
-    are in the message.
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str, paths: Sequence[str] | None = None):
-        self.path = str(path)
-        self.problem = problem
-        self.paths = list(paths) if paths is not None else [self.path]
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return (type(self), (self.path, self.problem, self.paths))
 
 
 def _resample_np(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
@@ -242,6 +225,39 @@ def load_audio(
     return decode_source(str(p), p, sample_rate, min_samples, max_samples, generator)
 
 
+def ffmpeg_decode(
+    source,
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Decode the first audio stream of ``source`` (a path or a binary file object named ``path`` in errors) with
+    FFmpeg (:mod:`.ffmpeg`) to ``(N,)`` float32 mono at ``sample_rate`` Hz, under the rule and checks of
+    :func:`decode_window`.
+
+    Whole file (``max_samples`` None): every frame FFmpeg outputs, ``N = ceil(frames * sample_rate / rate)`` for the
+    frames decoded. A window: ``N`` follows the length the container declares, and only the frames of the window
+    (plus the resampler's reach and a pre-roll) are decoded. Raises :class:`AudioFileError` for a missing PyAV, an
+    unreadable or truncated container (an mp4 without its moov atom), no audio stream, an unknown codec, a decode
+    error, 0 samples, and the checks of :func:`decode_window`.
+    """
+    from .ffmpeg import open_stream
+
+    s = open_stream(source, path)
+    try:
+        check_rate(path, s.rate)
+        frames = s.declared_frames() if max_samples is not None else 0
+        if frames <= 0:  # a whole file, or nothing declared (a raw stream): decode it all, then window it
+            whole = s.decode_all()
+            return decode_window(lambda a, b: whole[a:b], len(whole), s.rate, path, sample_rate, min_samples,
+                                 max_samples, generator)
+        return decode_window(s.read, frames, s.rate, path, sample_rate, min_samples, max_samples, generator)
+    finally:
+        s.close()
+
+
 def decode_source(
     source,
     path: str | os.PathLike,
@@ -262,14 +278,12 @@ def decode_source(
     except OSError as e:
         raise AudioFileError(path, f"cannot be read ({e.strerror or e})") from e
     if choose(head, str(path)) == FFMPEG:
-        from .ffmpeg import ffmpeg_decode
-
         return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
     try:
         f = sf.SoundFile(source)
     except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
         err = AudioFileError(path, f"corrupt or undecodable audio ({type(e).__name__}: {e})")
-        from .ffmpeg import available, ffmpeg_decode
+        from .ffmpeg import available
 
         if available():
             try:
@@ -293,6 +307,7 @@ __all__ = [
     "check_rate",
     "crop_or_pad",
     "decode_source",
+    "ffmpeg_decode",
     "decode_window",
     "input_window",
     "load_audio",

@@ -2,8 +2,9 @@
 reads (mp4/m4a/m4v/mov, mkv/webm, ogg/opus, aac, aiff, wma, ...), the first audio stream of a file (a video's
 sound track), down-mixed and resampled by the same rule as libsndfile's files (:func:`~.audio.decode_window`).
 
-``ffmpeg_decode(source, path)`` -> ``(N,)`` float32 mono at ``sample_rate``; ``source`` is a file path or a
-binary file object (bytes of an HDF5 / tar / parquet entry).
+``open_stream(source, path)`` -> the stream's ``read(a, b)`` (frames ``[a, b)`` at the file's rate, mono) and
+``decode_all()``, which :func:`~.audio.ffmpeg_decode` drives like libsndfile's reader; ``source`` is a file path
+or a binary file object (bytes of an HDF5 / tar / parquet entry).
 
 Sample 0 is the first sample FFmpeg outputs when it decodes the stream from its start, i.e. after the encoder's
 priming (AAC: the edit list / iTunSMPB delay; Opus: the pre-skip of the header / Matroska CodecDelay), which FFmpeg
@@ -25,10 +26,8 @@ import os
 from typing import BinaryIO
 
 import numpy as np
-import torch
 
-from .audio import AudioFileError, check_rate, decode_window
-from .constants import SAMPLE_RATE
+from .errors import AudioFileError
 
 PREROLL_SECONDS = 0.1  # decoded before a window and dropped: > AAC's 2048-sample overlap and Opus' 80 ms
 COARSE_SEEK_SECONDS = 30.0  # with ms timestamps (Matroska), windows starting earlier are decoded from the start
@@ -203,38 +202,12 @@ class _Stream:
         return origin
 
 
-def ffmpeg_decode(
-    source: str | os.PathLike | BinaryIO,
-    path: str | os.PathLike,
-    sample_rate: int = SAMPLE_RATE,
-    min_samples: int | None = None,
-    max_samples: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Decode the first audio stream of ``source`` (a path or a binary file object named ``path`` in errors) to
-    ``(N,)`` float32 mono at ``sample_rate`` Hz, under the same rule and checks as ``load_audio``.
-
-    Whole file (``max_samples`` None): every frame FFmpeg outputs, so ``N = ceil(frames * sample_rate / rate)``
-    for the frames decoded. A window: ``N`` follows the length the container declares and only the frames of the
-    window (plus the resampler's reach and a pre-roll) are decoded (module doc). Raises :class:`AudioFileError` for
-    a missing decoder library, an unreadable or truncated container (an mp4 without its moov atom), no audio stream,
-    an unknown codec, a decode error, 0 samples, and the checks of :func:`~.audio.decode_window`.
-    """
-    s = _Stream(source, path)
-    try:
-        check_rate(path, s.rate)
-        if max_samples is None:
-            whole = s.decode_all()
-            return decode_window(lambda a, b: whole[a:b], len(whole), s.rate, path, sample_rate, min_samples,
-                                 None, None)
-        frames = s.declared_frames()
-        if frames <= 0:  # nothing declared (a raw stream): decode it whole, then crop as a window would
-            whole = s.decode_all()
-            return decode_window(lambda a, b: whole[a:b], len(whole), s.rate, path, sample_rate, min_samples,
-                                 max_samples, generator)
-        return decode_window(s.read, frames, s.rate, path, sample_rate, min_samples, max_samples, generator)
-    finally:
-        s.close()
+def open_stream(source: str | os.PathLike | BinaryIO, path: str | os.PathLike) -> _Stream:
+    """The first audio stream of ``source`` (a path or a binary file object; ``path`` names it in errors), ready
+    to ``read(a, b)`` a window or ``decode_all()``; raises :class:`AudioFileError` (a missing PyAV, an unreadable
+    or truncated container, no audio stream, an unknown codec). ``load_audio`` drives it
+    (:func:`~.audio.ffmpeg_decode`)."""
+    return _Stream(source, path)
 
 
 def available() -> bool:
@@ -242,4 +215,4 @@ def available() -> bool:
     return _av() is not None
 
 
-__all__ = ["COARSE_SEEK_SECONDS", "PREROLL_SECONDS", "available", "ffmpeg_decode"]
+__all__ = ["COARSE_SEEK_SECONDS", "PREROLL_SECONDS", "available", "open_stream"]

@@ -223,10 +223,14 @@ def _device(name: str) -> torch.device:
 
 def _dataset(spec: str, args, train: bool):
     from ..data import build_dataset
+    from ..data.official import official_options
+    from ..data.spec import KINDS, parse_spec
 
     kw = dict(train=train, seed=args.seed, on_error="skip" if args.skip_bad_files else "raise")
     if args.clip_seconds is not None:
         kw["clip_seconds"] = args.clip_seconds
+    # audioset: / vggsound: list their missing downloads in the run's folder (missing.csv)
+    kw.update(official_options(KINDS[parse_spec(spec)[0]], getattr(args, "out", None)))
     return build_dataset(spec, **kw)
 
 
