@@ -23,4 +23,22 @@ class AudioFileError(ValueError):
         return (type(self), (self.path, self.problem, self.paths))
 
 
-__all__ = ["AudioFileError"]
+def worker_error(exc: BaseException, names: Sequence[str] = ("AudioFileError", "DatasetError")) -> str | None:
+    """The one-line message of an error of a type in ``names`` raised in a DataLoader worker process, or None.
+
+    Why: torch re-raises a worker's exception in the main process by calling its type with the whole formatted
+    traceback as the only argument; a type that takes other arguments (AudioFileError takes ``path, problem``)
+    comes back as a ``RuntimeError`` whose message is that traceback. Its last line is the original message.
+    """
+    text = str(exc)
+    head = text.split("\n", 1)[0]
+    if not head.startswith("Caught ") or " in DataLoader worker" not in head:
+        return None
+    if head[len("Caught ") :].split(" ", 1)[0] not in names:
+        return None
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    _, sep, message = last.partition(": ")
+    return message if sep else last
+
+
+__all__ = ["AudioFileError", "worker_error"]

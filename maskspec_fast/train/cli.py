@@ -285,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except RuntimeError as e:  # a bad file met in a DataLoader worker process comes back wrapped (worker_error)
+        from ..frontend.errors import worker_error
+
+        message = worker_error(e)
+        if message is None:
+            raise
+        hint = " (use --skip-bad-files to replace such files)" if "AudioFileError" in str(e).split("\n", 1)[0] else ""
+        print(f"error: {message}{hint}", file=sys.stderr)
+        return 2
     except CheckpointWriteError as e:  # e.g. a full disk: the message names the folder; older checkpoints kept
         print(f"error: {e.strerror or e}", file=sys.stderr)
         return 4
