@@ -248,7 +248,11 @@ def ffmpeg_decode(
     s = open_stream(source, path)
     try:
         check_rate(path, s.rate)
-        frames = s.declared_frames() if max_samples is not None else 0
+        declared = s.declared_frames()
+        if max_samples is None and declared > MAX_SECONDS * s.rate * 1.01:  # said before hours are decoded
+            raise AudioFileError(path, f"declares {declared / s.rate / 3600:.2f} h of audio, over the decode budget "
+                                       f"of {MAX_SECONDS / 3600:g} h for a whole file")
+        frames = declared if max_samples is not None else 0
         if frames <= 0:  # a whole file, or nothing declared (a raw stream): decode it all, then window it
             whole = s.decode_all()
             return decode_window(lambda a, b: whole[a:b], len(whole), s.rate, path, sample_rate, min_samples,

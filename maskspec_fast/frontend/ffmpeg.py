@@ -44,19 +44,59 @@ def _av():
     return av
 
 
-def _mono(frame) -> np.ndarray:
-    """``(samples,)`` float32 mean over channels of a decoded ``av.AudioFrame`` (any sample format)."""
-    x = frame.to_ndarray()
-    fmt = frame.format.name.rstrip("p")
-    channels = frame.layout.nb_channels
-    if not frame.format.is_planar:  # packed: (1, samples * channels) interleaved
+def _layout(frame) -> tuple[str, bool, int]:
+    """``(sample format, planar, channels)`` of a decoded ``av.AudioFrame``: frames alike convert together."""
+    return frame.format.name, frame.format.is_planar, frame.layout.nb_channels
+
+
+def _to_mono(arrays: list[np.ndarray], layout: tuple[str, bool, int]) -> np.ndarray:
+    """``(samples,)`` float32 mean over channels of consecutive frames' ``to_ndarray()`` outputs of one layout.
+
+    Converted in one go: per-frame conversion (a numpy mean of a (2, 1024) array costs ~17 us, as much as the AAC
+    decode of the frame) halved the decode speed."""
+    name, planar, channels = layout
+    x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+    if not planar:  # packed: (1, samples * channels) interleaved
         x = x.reshape(-1, channels).T
+    fmt = name.rstrip("p")
     if fmt == "u8":
         x = x.astype(np.float32) - 128.0
     x = x.astype(np.float32, copy=False)
     if fmt in _SCALE:
         x = x * np.float32(_SCALE[fmt])
     return x.mean(axis=0) if x.shape[0] > 1 else x[0]
+
+
+class _Run:
+    """Consecutive decoded frames gathered for one conversion: ``add(frame)``, then ``mono()``."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []  # mono pieces of layouts already closed
+        self.arrays: list[np.ndarray] = []
+        self.layout: tuple[str, bool, int] | None = None
+        self.samples = 0
+
+    def add(self, frame) -> None:
+        lay = _layout(frame)
+        if lay != self.layout and self.arrays:  # the stream changed format or channels: close the run so far
+            self.parts.append(_to_mono(self.arrays, self.layout))
+            self.arrays = []
+        self.layout = lay
+        self.arrays.append(frame.to_ndarray())
+        self.samples += frame.samples
+
+    def mono(self) -> np.ndarray:
+        if self.arrays:
+            self.parts.append(_to_mono(self.arrays, self.layout))
+            self.arrays = []
+        if not self.parts:
+            return np.zeros(0, np.float32)
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+
+
+def _mono(frame) -> np.ndarray:
+    """``(samples,)`` float32 mono of one decoded frame."""
+    return _to_mono([frame.to_ndarray()], _layout(frame))
 
 
 class _Stream:
@@ -134,8 +174,10 @@ class _Stream:
 
     def decode_all(self) -> np.ndarray:
         """The whole stream, ``(frames,)`` float32 mono at ``self.rate``."""
-        parts = [_mono(f) for f in self._frames()]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        run = _Run()
+        for f in self._frames():
+            run.add(f)
+        return run.mono()
 
     def _position(self, frame, origin: int, snap: bool) -> int:
         """Sample index (from sample 0 of a decode from the start) of ``frame``'s first sample."""
@@ -159,35 +201,41 @@ class _Stream:
             self.container.seek(target, stream=st, backward=True, any_frame=False)
         except self.av.error.FFmpegError as e:
             raise AudioFileError(self.path, f"cannot seek in the container ({type(e).__name__}: {e})") from e
-        out = np.zeros(max(0, b - a), np.float32)
-        filled, pos, frames_seen = 0, None, 0
+        first, first_pos, run, pos, seen = None, 0, _Run(), None, 0
         snap = coarse and self.codec == "opus"
         for frame in self._frames():
             if frame.pts is None:
                 continue
-            frames_seen += 1
-            x = _mono(frame)
-            # after a seek the first frame may be cut (the priming dropped again): its successor sets the grid
-            if pos is None or frames_seen == 2:
+            seen += 1
+            if seen == 1:  # after a seek the first frame may be cut (the priming dropped again): placed alone,
+                first, first_pos = _mono(frame), self._position(frame, origin, snap)
+                continue
+            if seen == 2:  # and its successor sets the grid the rest follow by counting samples
                 pos = self._position(frame, origin, snap)
-            lo, hi = max(pos, a), min(pos + len(x), b)
-            if hi > lo:
-                out[lo - a : hi - a] = x[lo - pos : hi - pos]
-                filled = max(filled, hi - a)
-            pos += len(x)
-            if pos >= b:
+            if run.samples or pos + frame.samples > a:
+                run.add(frame)
+            else:
+                pos += frame.samples  # pre-roll wholly before the window: decoded (it warms the codec), not kept
+            if pos + run.samples >= b:
                 break
+        out = np.zeros(max(0, b - a), np.float32)
+        filled = 0
+        for x, at in ((first, first_pos), (run.mono(), pos)):
+            if x is None or at is None:
+                continue
+            lo, hi = max(at, a), min(at + len(x), b)
+            if hi > lo:
+                out[lo - a : hi - a] = x[lo - at : hi - at]
+                filled = max(filled, hi - a)
         return out[:filled]
 
     def _read_from_start(self, b: int) -> np.ndarray:
-        parts, n = [], 0
+        run = _Run()
         for frame in self._frames():
-            x = _mono(frame)
-            parts.append(x)
-            n += len(x)
-            if n >= b:
+            run.add(frame)
+            if run.samples >= b:
                 break
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return run.mono()
 
     def _origin(self) -> int:
         """The timestamp (in samples) of sample 0: that of the first frame a decode from the start gives."""
