@@ -219,3 +219,41 @@ def test_decoder_benchmark_quick(tmp_path):
         assert r["load_audio_s_per_s"] > 0 and (r["sndfile_s_per_s"] or r["ffmpeg_s_per_s"])
         if r["window_lag"] is not None:
             assert r["window_lag"] == 0, r
+
+
+def test_tar_members_hdf5_and_hf_bytes_of_ffmpeg_containers(tmp_path):
+    """The same registry behind tar members (KEY.m4a / KEY.webm), HDF5 entries and ``hf:`` audio bytes: each
+    clip equals load_audio of the file."""
+    pytest.importorskip("webdataset")
+    pytest.importorskip("h5py")
+    pytest.importorskip("pyarrow")
+    import h5py
+    from audio_sets import hf_table, make_hf_parquet, make_shards
+
+    from maskspec_fast.data import build_dataset
+
+    files, blobs = [], []
+    for i, kind in enumerate(["m4a", "webm", "mp4", "opus"]):
+        path = tmp_path / f"src{i}.{kind}"
+        encode_av(str(path), tonal(1.0, 48000, seed=i), 48000, kind)
+        files.append(path)
+        blobs.append(path.read_bytes())
+    refs = [load_audio(p).numpy()[:16000] for p in files]
+    shards = make_shards(tmp_path / "wds", [(f"k{i}", b, [i]) for i, b in enumerate(blobs[:2])], 2, fmt="m4a")
+    # a webm member too: the field is the member's extension, the content decides the decoder
+    make_shards(tmp_path / "wds2", [("k9", blobs[1], [1])], 1, fmt="webm")
+    h5 = tmp_path / "as.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("audio_name", data=np.array([p.name.encode() for p in files], dtype="S20"))
+        d = f.create_dataset("mp3", shape=(4,), dtype=h5py.vlen_dtype(np.dtype("uint8")))
+        for i, b in enumerate(blobs):
+            d[i] = np.frombuffer(b, dtype=np.uint8)
+    hf = make_hf_parquet(tmp_path / "hf", hf_table(blobs, [p.name for p in files], [0, 1, 2, 0], ["a", "b", "c"]))
+    for spec, idx in ((f"webdataset:{shards}", [0, 1]), (f"webdataset:{tmp_path / 'wds2' / 'shard-000000.tar'}", [1]),
+                      (f"hdf5:{h5}:num_classes=3", [0, 1, 2, 3]), (f"hf:{hf}", [0, 1, 2, 3])):
+        ds = build_dataset(spec, clip_seconds=0.5)
+        waves = [s["wave"].numpy() for s in ds] if getattr(ds, "streaming", False) else [ds[i]["wave"].numpy()
+                                                                                         for i in range(len(ds))]
+        assert len(waves) == len(idx), spec
+        for w, i in zip(waves, idx):
+            assert np.array_equal(w, refs[i]), (spec, i)
