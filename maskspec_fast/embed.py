@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from .data.official import say_missing_in_one_line
+
+    say_missing_in_one_line()
     if Path(a.out).suffix not in (".npz", ".parquet"):
         print(f"error: --out {a.out}: use a .npz or .parquet file", file=sys.stderr)
         return 2

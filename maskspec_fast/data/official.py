@@ -42,6 +42,30 @@ from ..frontend.constants import SAMPLE_RATE
 from .base import DatasetError, FileDataset
 from .files import walk_files
 
+
+class MissingDownloadsWarning(UserWarning):
+    """Rows of an official CSV without a downloaded file (normal for AudioSet): said in one line."""
+
+
+def say_missing_in_one_line() -> None:
+    """Make :class:`MissingDownloadsWarning` print as one ``warning: ...`` line (the commands call this; the
+    default format adds the file, line and source of the ``warnings.warn`` call); other warnings keep theirs."""
+    if getattr(warnings.showwarning, "_one_line", False):
+        return
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MissingDownloadsWarning):
+            import sys
+
+            print(f"warning: {message}", file=file or sys.stderr)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show._one_line = True
+    warnings.showwarning = show
+
+
 YTID_LEN = 11
 MISSING_CSV = "missing.csv"
 MISSING_COLUMNS = ("csv", "line", "YTID", "start_seconds", "end_seconds")
@@ -143,7 +167,7 @@ def _report_missing(kind: str, rows: list[tuple], covered: set[tuple[str, int]],
         raise DatasetError(f"{kind}: none of the {total} rows of {names} has a file under {folder} (accepted names: "
                            "{YTID}, Y{YTID}, {YTID}_{start}_{end}, {YTID}_{start:06d} with any audio or video "
                            f"extension; listed in {where})")
-    warnings.warn(line + f"; going on with the {total - len(rows)} found", stacklevel=3)
+    warnings.warn(line + f"; going on with the {total - len(rows)} found", MissingDownloadsWarning, stacklevel=3)
     return where, line
 
 
@@ -330,5 +354,5 @@ def official_options(cls: type, missing_dir: str | os.PathLike | None = None, st
     return out
 
 
-__all__ = ["AudioSetSegments", "MISSING_COLUMNS", "VGGSound", "index_folder", "match", "official_options",
+__all__ = ["AudioSetSegments", "MISSING_COLUMNS", "MissingDownloadsWarning", "VGGSound", "say_missing_in_one_line", "index_folder", "match", "official_options",
            "name_candidates", "write_missing"]

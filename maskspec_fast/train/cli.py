@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
+    from ..data.official import say_missing_in_one_line
+
+    say_missing_in_one_line()  # "warning: audioset: N of M rows ... have no file ..." as one line
     # Subnormal floats (tiny Adam moments, decayed activations) take a slow path on many CPUs; flushing them to
     # zero is cheap insurance (no slowdown from them was measured in our runs, nor any change in results).
     torch.set_flush_denormal(True)
