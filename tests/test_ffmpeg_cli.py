@@ -153,3 +153,33 @@ def test_embed_vggsound_matches_a_second_decode(tmp_path, capsys):
         with torch.no_grad():
             ref = clf.embed(spec)[0] if spec.shape[-1] <= 128 else clf.embed_windows(spec)[0][0].mean(0)
         np.testing.assert_allclose(z["embeddings"][i], ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_on_vggsound_train_evaluated_on_test(tmp_path, capsys):
+    """finetune on vggsound:...:split=train (mp4 videos), evaluated on split=test, DataLoader workers at their
+    default; both sets write their missing rows into the run's one missing.csv."""
+    import json
+
+    from maskspec_fast.train.cli import main
+
+    root = tmp_path / "vgg"
+    (root / "video").mkdir(parents=True)
+    labels = ["dog", "cat", "bird"]
+    rows = [(IDS[k], k, labels[k % 3], "train" if k < 4 else "test") for k in range(6)]
+    rows += [("abcdefghij" + str(k), k, labels[k % 3], "train") for k in range(3)]
+    _vggsound_csv(root / "vggsound.csv", rows)
+    for y, start, _, _ in rows:
+        if y in (IDS[3], IDS[5]):  # one train and one test video not downloaded
+            continue
+        encode_av(str(root / "video" / f"{y}_{start:06d}.mp4"), tonal(0.8, 48000, 2, seed=start), 48000, "mp4")
+    out = tmp_path / "ft"
+    spec = f"vggsound:{root / 'vggsound.csv'}:video={root / 'video'}"
+    args = ["finetune", "--data", spec + ":split=train", "--eval-data", spec + ":split=test", "--steps", "2",
+            "--batch-size", "2", "--clip-seconds", "0.32", "--set", "embed_dim=32", "--set", "depth=1", "--set",
+            "num_heads=2", "--quiet", "--threads", "2", "--val-fraction", "0", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "accuracy" in json.dumps(summary["eval"]) and '"clips": 1' in json.dumps(summary["eval"])
+    assert "fine-tuning 6 clips (3 classes, multilabel=False)" in capsys.readouterr().out
+    with open(out / "missing.csv") as f:
+        assert sorted(m["YTID"] for m in csv.DictReader(f)) == sorted([IDS[3], IDS[5]])
