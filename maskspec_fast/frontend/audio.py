@@ -271,17 +271,19 @@ def decode_source(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Decode ``source`` (a path, or a seekable binary file object named ``path`` in errors) with the decoder the
-    registry picks from its content (:mod:`.decoders`): libsndfile or FFmpeg (:mod:`.ffmpeg`). A file that
-    libsndfile was picked for but cannot open goes to FFmpeg (when installed) before it is called bad."""
+    registry picks from its content (:mod:`.decoders`): libsndfile or FFmpeg (:mod:`.ffmpeg`). A file whose
+    content libsndfile's formats were recognised in but that libsndfile cannot open goes to FFmpeg (when installed)
+    before it is called bad."""
     import soundfile as sf
 
-    from .decoders import FFMPEG, choose, read_head
+    from .decoders import FFMPEG, SNDFILE, choose, read_head, sniff
 
     try:
         head = read_head(source)
     except OSError as e:
         raise AudioFileError(path, f"cannot be read ({e.strerror or e})") from e
-    if choose(head, str(path)) == FFMPEG:
+    known = sniff(head)
+    if (known or choose(head, str(path))) == FFMPEG:
         return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
     try:
         f = sf.SoundFile(source)
@@ -289,7 +291,9 @@ def decode_source(
         err = AudioFileError(path, f"corrupt or undecodable audio ({type(e).__name__}: {e})")
         from .ffmpeg import available
 
-        if available():
+        # only a recognised container (e.g. a WAV holding a codec libsndfile lacks): FFmpeg would probe unknown
+        # bytes until some format matched and decode noise from a corrupt file
+        if known == SNDFILE and available():
             try:
                 return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
             except AudioFileError:

@@ -8,8 +8,9 @@ members, parquet cells: ``decode_bytes``) alike.
     Ogg Opus, MP4/M4A/MOV (ftyp), Matroska/   FFmpeg       libsndfile cannot read them (Opus: it can from
     WebM (EBML), ADTS AAC, ASF/WMA, AVI, ...               1.0.29, but is slower than FFmpeg here)
 
-A file that libsndfile was chosen for but cannot open is given to FFmpeg before it is called bad (libsndfile
-refuses some valid files FFmpeg reads, e.g. WAV holding a compressed codec).
+A file whose content was recognised as one of libsndfile's formats but that libsndfile cannot open is given to
+FFmpeg before it is called bad (libsndfile refuses some valid files FFmpeg reads, e.g. WAV holding a codec it
+lacks); unrecognised content is not (FFmpeg would probe random bytes until some format matched).
 """
 from __future__ import annotations
 
