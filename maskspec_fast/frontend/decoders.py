@@ -38,8 +38,8 @@ def sniff(head: bytes) -> str | None:
         return SNDFILE
     if head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
         return FFMPEG if (head[1] & 0x06) == 0 else SNDFILE  # layer bits 00: ADTS AAC; else MPEG audio (mp3)
-    if head[4:8] == b"ftyp" or four == b"\x1a\x45\xdf\xa3":  # ISO BMFF (mp4, m4a, mov, 3gp), EBML (mkv, webm)
-        return FFMPEG
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free") or four == b"\x1a\x45\xdf\xa3":
+        return FFMPEG  # ISO BMFF / QuickTime (mp4, m4a, mov, 3gp; old .mov files start with moov or mdat), EBML
     if four == b"\x30\x26\xb2\x75" or head[:5] == b"#!AMR" or four in (b"wvpk", b"caff", b"FLV\x01"):
         return FFMPEG
     return None
