@@ -7,6 +7,12 @@ device as a separate column; and the cores each source needs to feed one GPU.
 
 Sources (built here, the way their producers build them, from the same clips):
   mp3 files        folder: of .mp3 files (libsndfile), one file per clip
+  wav files        folder: of 16-bit .wav files at the source rate (libsndfile)
+  flac files       folder: of .flac files at the source rate (libsndfile)
+  m4a files        folder: of AAC .m4a files, 48 kHz stereo (FFmpeg through PyAV; yt-dlp's AudioSet downloads)
+  mp4 files        folder: of .mp4 videos, AAC 48 kHz stereo beside an mpeg4 video track (FFmpeg; VGGSound)
+  webm files       folder: of Opus .webm files, 48 kHz stereo (FFmpeg; yt-dlp's other AudioSet format)
+  opus files       folder: of bare Ogg Opus .opus files, 48 kHz stereo (FFmpeg)
   mp3 files PyAV   the same files decoded by FFmpeg through PyAV (only if ``av`` imports): the decoder choice
   hdf5 mp3         hdf5: the PaSST / MaskSpec layout (mp3 bytes in an HDF5 file, decoded from memory)
   flac shards      webdataset: FLAC tar shards
@@ -97,12 +103,38 @@ def build_sources(root: Path, clips: list[np.ndarray], rate: int, shard_size: in
             w.close()
     specs = {"mp3 files": f"folder:{folder}", "mp3 files PyAV": f"folder:{folder}", "hdf5 mp3": f"hdf5:{h5}",
              "flac shards": f"webdataset:{root}/flac/shard-{{000000..{shards - 1:06d}}}.tar"}
+    for fmt, blobs in (("wav", [_encode(c, "WAV", rate) for c in clips]), ("flac", flacs)):
+        (root / f"{fmt}_files").mkdir()
+        for i, b in enumerate(blobs):
+            (root / f"{fmt}_files" / f"Y{i:011d}.{fmt}").write_bytes(b)
+        specs[f"{fmt} files"] = f"folder:{root / f'{fmt}_files'}"
+    specs.update(build_ffmpeg_folders(root, len(clips), len(clips[0]) / rate))
     for name, fmt in (("prepared shards", "wav"), ("prepared flac", "flac")):
         out = root / f"prepared_{fmt}"
         summary = prepare(specs["hdf5 mp3"], out, shard_size=shard_size, workers=1, fmt=fmt, progress=False,
                           log=lambda *_: None)
         specs[name] = summary["spec"]
     log(f"built {len(clips)} clips x {len(clips[0]) / rate:.1f} s in every layout ({time.perf_counter() - t:.1f} s)")
+    return specs
+
+
+def build_ffmpeg_folders(root: Path, n: int, seconds: float) -> dict[str, str]:
+    """Folders of m4a / mp4 (+video) / webm / opus files written by FFmpeg's encoders (PyAV), 48 kHz stereo (the
+    rate YouTube serves): ``{name: spec}``; {} without PyAV."""
+    if not pyav_available()[0]:
+        return {}
+    from decoders import encode_av, make_clip
+
+    specs = {}
+    for name, fmt, codec, video, ext in (("m4a files", "ipod", "aac", False, "m4a"),
+                                         ("mp4 files", "mp4", "aac", True, "mp4"),
+                                         ("webm files", "webm", "libopus", False, "webm"),
+                                         ("opus files", "opus", "libopus", False, "opus")):
+        folder = root / ext
+        folder.mkdir()
+        for i in range(n):
+            encode_av(str(folder / f"Y{i:011d}.{ext}"), make_clip(seconds, 48000, i), 48000, fmt, codec, video)
+        specs[name] = f"folder:{folder}"
     return specs
 
 

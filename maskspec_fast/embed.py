@@ -46,10 +46,13 @@ class Embeddings:
 class _Files(Dataset):
     """Index -> ``(path, wave (N,) at 32 kHz or None, problem)``; decoding errors are returned, not raised."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, missing_dir: str | None = None):
         from .data import build_dataset
+        from .data.official import official_options
+        from .data.spec import KINDS, parse_spec
 
-        self.ds = build_dataset(spec, on_error="raise")
+        # audioset: / vggsound: list their missing downloads beside the output file (missing.csv)
+        self.ds = build_dataset(spec, on_error="raise", **official_options(KINDS[parse_spec(spec)[0]], missing_dir))
         self.paths = getattr(self.ds, "paths", None)
 
     def __len__(self) -> int:
@@ -116,8 +119,10 @@ def embed_batch(clf: Any, frontend: Any, waves: list[torch.Tensor], hop_frames: 
 
 
 def run(checkpoint: str, data: str, device: str = "auto", batch_size: int = 16, hop_frames: int | None = None,
-        timestamps: bool = False, num_workers: int = 0, progress: bool = True, compile: bool = False) -> Embeddings:
-    """Embed every file of ``data`` (a data spec, e.g. ``folder:DIR``); see the module doc. ``compile``:
+        timestamps: bool = False, num_workers: int = 0, progress: bool = True,
+        missing_dir: str | None = None, compile: bool = False) -> Embeddings:
+    """Embed every file of ``data`` (a data spec, e.g. ``folder:DIR``); see the module doc. ``missing_dir``: where
+    ``audioset:`` / ``vggsound:`` specs write their missing.csv (the CLI: the folder of ``--out``). ``compile``:
     ``torch.compile`` the encoder's ``embed`` (the weights and the outputs' meaning are unchanged)."""
     from tqdm import tqdm
 
@@ -128,7 +133,7 @@ def run(checkpoint: str, data: str, device: str = "auto", batch_size: int = 16, 
     if compile:  # embed() is a method, not forward: compiled as an attribute of this instance (state_dict untouched)
         clf.embed = torch.compile(clf.embed)
     frontend = LogMel().to(dev).eval()
-    files = _Files(data)
+    files = _Files(data, missing_dir)
     loader = DataLoader(files, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     out = Embeddings()
     with tqdm(total=len(files), desc="embedding", unit="file", disable=not progress, file=sys.stderr) as bar:
@@ -207,12 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from .data.official import say_missing_in_one_line
+
+    say_missing_in_one_line()
     if Path(a.out).suffix not in (".npz", ".parquet"):
         print(f"error: --out {a.out}: use a .npz or .parquet file", file=sys.stderr)
         return 2
     try:
         out = run(a.checkpoint, a.data, a.device, a.batch_size, a.hop_frames, a.timestamps, a.num_workers, not a.quiet,
-                  compile=a.compile)
+                  missing_dir=str(Path(a.out).resolve().parent), compile=a.compile)
         files = write(out, a.out, a.timestamps)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -150,3 +150,104 @@ def decode_ref(data: bytes, rate: int = RATE) -> np.ndarray:
         f.write(data)
         f.flush()
         return load_audio(f.name, rate).numpy()
+
+
+# ------------------------------------------------------------------------------- FFmpeg's encoders (PyAV)
+# (container format, audio codec, with a video track): what VGGSound (mp4), yt-dlp's AudioSet (m4a, webm) and bare
+# Opus downloads hold
+AV_KINDS = {
+    "mp4": ("mp4", "aac", True),
+    "m4a": ("ipod", "aac", False),
+    "webm": ("webm", "libopus", False),
+    "ogg": ("ogg", "libopus", False),
+    "opus": ("opus", "libopus", False),
+    "mkv": ("matroska", "libopus", False),
+}
+
+
+def tonal(seconds: float, rate: int, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """``(channels, N)`` float32 tones and a chirp, amplitude-modulated, no noise: AAC codes noise-like bands with
+    perceptual noise substitution (random in the decoder, so two decodes of it differ), tones are decoded the
+    same way every time."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    chans = []
+    for _ in range(channels):
+        f0, f1 = rng.uniform(200, 1500), rng.uniform(100, 400)
+        x = 0.25 * np.sin(2 * np.pi * f0 * t) * (1 + 0.8 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+        x += 0.15 * np.sin(2 * np.pi * (f1 + 150 * t) * t)
+        chans.append(x)
+    return np.stack(chans).astype(np.float32)
+
+
+def encode_av(path, wave: np.ndarray, rate: int, kind: str = "m4a") -> None:
+    """Write ``wave`` ``(channels, N)`` float32 with FFmpeg's encoders through PyAV: ``kind`` in :data:`AV_KINDS`
+    (AAC in mp4 with an mpeg4 video track, AAC in m4a, Opus in webm / ogg / bare opus / mkv). ``path``: a file
+    path or a binary file object."""
+    import fractions
+
+    import av
+
+    fmt, codec, video = AV_KINDS[kind]
+    layout = "stereo" if wave.shape[0] == 2 else "mono"
+    out = av.open(path, "w", format=fmt)
+    v = None
+    if video:
+        v = out.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    a = out.add_stream(codec, rate=rate, layout=layout)
+    hop, shown = 1024, 0
+    for i in range(0, wave.shape[1], hop):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, i : i + hop]), format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate, i, fractions.Fraction(1, rate)
+        for p in a.encode(frame):
+            out.mux(p)
+        while v is not None and shown / 10 <= (i + hop) / rate:  # 10 fps of grey frames beside the sound
+            img = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (7 * shown) % 256, np.uint8), format="rgb24")
+            img.pts = shown
+            for p in v.encode(img):
+                out.mux(p)
+            shown += 1
+    for p in a.encode(None):
+        out.mux(p)
+    if v is not None:
+        for p in v.encode(None):
+            out.mux(p)
+    out.close()
+
+
+def encode_video_only(path, with_empty_audio: bool = False) -> None:
+    """An mp4 with a video track and no audio stream (``with_empty_audio``: a Matroska file whose Opus stream has
+    no packet: the mp4 muxer drops empty tracks, Matroska keeps them)."""
+    import av
+
+    out = av.open(str(path), "w", format="matroska" if with_empty_audio else "mp4")
+    v = out.add_stream("mpeg4", rate=10)
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    if with_empty_audio:
+        out.add_stream("libopus", rate=48000, layout="stereo")
+    for k in range(20):
+        img = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k * 9, np.uint8), format="rgb24")
+        img.pts = k
+        for p in v.encode(img):
+            out.mux(p)
+    for p in v.encode(None):
+        out.mux(p)
+    out.close()
+
+
+def av_decode_ref(path) -> tuple[np.ndarray, int]:
+    """A second route to the same audio: PyAV's own resampler converting every frame to packed float at the
+    file's rate (``(channels, frames)``, rate), then our mean over channels is the caller's."""
+    import av
+
+    with av.open(str(path)) as c:
+        st = c.streams.audio[0]
+        rs = av.AudioResampler(format="flt", layout=st.codec_context.layout.name, rate=st.codec_context.sample_rate)
+        parts = []
+        for f in c.decode(st):
+            for g in rs.resample(f):
+                parts.append(g.to_ndarray().reshape(-1, st.codec_context.layout.nb_channels).T)
+        for g in rs.resample(None):
+            parts.append(g.to_ndarray().reshape(-1, st.codec_context.layout.nb_channels).T)
+        return np.concatenate(parts, axis=1), st.codec_context.sample_rate

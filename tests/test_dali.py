@@ -244,6 +244,23 @@ def test_mp3_is_routed_through_python_decoder(tmp_path):
     assert (batch["spec"][1] - _ref(x, SAMPLE_RATE)).abs().max().item() <= ATOL_SAME_WAVE
 
 
+def test_ffmpeg_containers_are_routed_through_python_decoder(tmp_path):
+    """m4a and mp4 (AAC beside a video track): transcoded by FFmpeg (PyAV) in memory, the same log-mel as the
+    reference path's load_audio (mono at the file's rate, then DALI's resampler = the reference filter)."""
+    pytest.importorskip("av")
+    from audio_sets import encode_av, tonal
+
+    from maskspec_fast.frontend.audio import load_audio
+
+    m4a, mp4 = str(tmp_path / "a.m4a"), str(tmp_path / "b.mp4")
+    encode_av(m4a, tonal(1.2, SAMPLE_RATE, 2, seed=1), SAMPLE_RATE, "m4a")
+    encode_av(mp4, tonal(1.2, SAMPLE_RATE, 2, seed=2), SAMPLE_RATE, "mp4")
+    (batch,) = _only(DaliAudioLoader([(m4a, 0), (mp4, 1)], batch_size=2, clip_seconds=1.0))
+    for row, path in enumerate([m4a, mp4]):
+        ref = _ref(load_audio(path).numpy()[:SAMPLE_RATE], SAMPLE_RATE)
+        assert (batch["spec"][row] - ref).abs().max().item() <= ATOL_SAME_WAVE
+
+
 def test_multilabel_vectors(tmp_path):
     items = _dataset(tmp_path, 3)
     items = [(p, np.eye(4, dtype=np.float32)[i]) for i, (p, _) in enumerate(items)]

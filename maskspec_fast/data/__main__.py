@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio members: wav = 16-bit PCM, read without a decoder (default); flac = half the size, "
                         "decoded when read")
     q.add_argument("--sample-rate", type=int, default=32000, help="output rate in Hz (default 32000)")
-    q.add_argument("--strict", action="store_true", help="stop at the first bad clip instead of listing it")
+    q.add_argument("--strict", action="store_true", help="stop at the first bad clip instead of listing it (audioset: / "
+                   "vggsound:: refuse missing downloads too)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -41,9 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..frontend.audio import AudioFileError
     from .base import DatasetError
+    from .official import say_missing_in_one_line
     from .prepare import PrepareError, prepare
 
     args = build_parser().parse_args(argv)
+    say_missing_in_one_line()  # audioset: / vggsound: missing downloads: one line, listed in OUT_DIR/missing.csv
     try:
         prepare(args.src, args.out, shard_size=args.shard_size, workers=args.workers, fmt=args.format,
                 sample_rate=args.sample_rate, progress=not args.quiet, strict=args.strict)

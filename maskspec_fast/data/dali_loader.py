@@ -21,6 +21,7 @@ from ..frontend.audio import AudioFileError
 from ..frontend.dali import (
     _require_dali,
     build_logmel_pipeline,
+    file_info,
     full_decode_error,
     header_check,
     is_decode_error,
@@ -52,7 +53,7 @@ class DaliAudioLoader:
         device: ``"cpu"`` (DALI CPU backend) or ``"cuda"`` (DALI GPU operators, tensors on the current device).
         skip_bad_files: replace undecodable files with the next good one of the shard (recorded in ``skipped``)
             instead of raising :class:`~maskspec_fast.frontend.audio.AudioFileError`.
-        validate: header-check every file once up front (``soundfile.info``).
+        validate: header-check every file once up front (``soundfile.info``, or opening the container for FFmpeg).
         fmin_jitter, fmax_jitter: MaskSpec's per-batch mel-band jitter in training (see :class:`LogMel`).
     """
 
@@ -114,17 +115,15 @@ class DaliAudioLoader:
         return torch.device("cuda", torch.cuda.current_device()) if self.device == "cuda" else torch.device("cpu")
 
     def _validate(self) -> None:
-        import soundfile as sf
-
         def check(path: str) -> tuple[str, str | None, Any]:
             reason = header_check(path)
-            return path, reason, None if reason else sf.info(path)
+            return path, reason, None if reason else file_info(path)
 
         paths = sorted({p for p, _ in self.items})
         with ThreadPoolExecutor(max_workers=max(1, self.num_threads * 2)) as pool:
             for path, reason, info in pool.map(check, paths):
                 if info is not None:
-                    self._formats[path], self._rates[path] = info.format, int(info.samplerate)
+                    self._formats[path], self._rates[path] = info
                 if reason is not None:
                     self._mark_bad(path, reason)
 

@@ -7,7 +7,8 @@ is an :class:`~maskspec_fast.frontend.audio.AudioFileError` whose ``path`` is ``
 
 Why a fast path for 16-bit PCM WAV: prepared shards (``python -m maskspec_fast.data prepare``) hold canonical
 ``RIFF/WAVE`` PCM16 members; their samples are read with ``np.frombuffer`` (``x = int16 / 32768``, the value
-libsndfile returns for PCM16 read as float32), skipping the decoder. Any other content goes to libsndfile.
+libsndfile returns for PCM16 read as float32), skipping the decoder. Any other content goes to the decoder the
+registry picks from it (:mod:`maskspec_fast.frontend.decoders`: libsndfile, or FFmpeg for mp4/m4a/webm/opus...).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import struct
 import numpy as np
 import torch
 
-from ..frontend.audio import SAMPLE_RATE, AudioFileError, decode_window, soundfile_reader
+from ..frontend.audio import SAMPLE_RATE, AudioFileError, decode_source, decode_window
 
 
 def parse_pcm16_wav(data: bytes | memoryview) -> tuple[np.ndarray, int] | None:
@@ -57,7 +58,7 @@ def decode_bytes(
     max_samples: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Decode the bytes of an audio file (wav, flac, ogg, mp3) to ``(N,)`` float32 mono at ``sample_rate`` Hz.
+    """Decode the bytes of an audio file (any the registry reads: wav, flac, mp3, m4a, mp4, webm, opus...) to ``(N,)`` float32 mono at ``sample_rate`` Hz.
 
     ``N = ceil(frames * sample_rate / file_rate)``. Raises :class:`AudioFileError` ``(name, problem)`` for empty
     data, undecodable data, 0 samples, NaN/Inf samples, a rate or length outside the decode budget, and fewer
@@ -79,15 +80,7 @@ def decode_bytes(
             return mono
 
         return decode_window(read, pcm.shape[0], int(sr), name, sample_rate, min_samples, max_samples, generator)
-    import soundfile as sf
-
-    try:
-        f = sf.SoundFile(io.BytesIO(bytes(data)))
-    except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
-        raise AudioFileError(name, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
-    with f:
-        return decode_window(soundfile_reader(f, name), f.frames, f.samplerate, name, sample_rate, min_samples,
-                             max_samples, generator)
+    return decode_source(io.BytesIO(bytes(data)), name, sample_rate, min_samples, max_samples, generator)
 
 
 def clip_window(ds, index: int) -> dict:

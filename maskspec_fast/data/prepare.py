@@ -281,11 +281,13 @@ def _prepare_locked(src_spec: str, out: Path, shard_size: int, workers: int, fmt
     global _SOURCE
     from tqdm import tqdm
 
-    from .spec import build_dataset
+    from .official import official_options
+    from .spec import KINDS, build_dataset, parse_spec
 
     # not strict: what the source finds wrong when it is opened (a shard member that is a link, a cut tar) is
     # listed in bad_files.csv like an undecodable clip, not a reason to stop
-    ds = build_dataset(src_spec, train=False, sample_rate=sample_rate, on_error="raise" if strict else "skip")
+    ds = build_dataset(src_spec, train=False, sample_rate=sample_rate, on_error="raise" if strict else "skip",
+                       **official_options(KINDS[parse_spec(src_spec)[0]], out, strict))  # missing.csv in OUT_DIR
     ds.whole_clips = True  # shards hold each clip whole (within the decode budget), not the set's crop
     n = len(ds)
     num_shards = -(-n // shard_size)

@@ -4,7 +4,7 @@ WebDataset conventions (webdataset docs): a shard is a plain tar; consecutive me
 sample, where ``key, field = base_plus_ext(member name)`` (the key is the name up to the first dot of its last
 path component, the field is the rest: ``"a/Y--x.flac" -> ("a/Y--x", "flac")``); shard lists are brace patterns
 (``shard-{000000..000999}.tar``, several patterns joined by ``::``). A sample here is one audio member
-(``flac``, ``wav``, ``mp3``, ``ogg``) plus its labels: a ``cls`` member (webdataset's convention: the class index as
+(``flac``, ``wav``, ``mp3``, ``ogg``, or any FFmpeg reads: ``m4a``, ``mp4``, ``webm``, ``opus``...) plus its labels: a ``cls`` member (webdataset's convention: the class index as
 text, e.g. ``3``) and/or a ``json`` member whose ``labels`` (or ``label``, ``cls``) are class indices or class
 names; both are read (their union). A member that is not a regular file (a symbolic or hard link, a device) has
 no bytes in the shard: it is a problem like any other (below), never silently dropped.
@@ -30,7 +30,9 @@ import numpy as np
 
 from .base import DatasetError
 
-AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg")
+# libsndfile's first (prepared shards), then every extension FFmpeg reads (frontend.constants.FFMPEG_EXTENSIONS)
+AUDIO_FIELDS = ("flac", "wav", "mp3", "ogg", "m4a", "mp4", "m4v", "mov", "3gp", "aac", "webm", "mkv", "mka", "opus",
+                "oga", "aiff", "aif", "wma", "asf", "ac3", "avi", "flv", "wv", "caf", "amr")
 JSON_LABEL_KEYS = ("labels", "label", "cls")
 LABEL_SOURCES = "`.cls` members (a class index as text) and the 'labels' / 'label' / 'cls' keys of `.json` members"
 _KIND = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",

@@ -8,6 +8,8 @@
     hdf5:/as/balanced.h5,/as/unbal.h5        HDF5Audio (PaSST / MaskSpec AudioSet HDF5 of mp3 bytes)
     webdataset:/s/shard-{000000..000999}.tar ShardStream (tar shards, streamed; :shuffle_buffer=1000)
     hf:/path/to/saved_dataset                HFAudio (datasets.save_to_disk folder or parquet files)
+    audioset:/as/balanced_train_segments.csv:audio=/as/audio   AudioSetSegments (official CSVs + downloads)
+    vggsound:/vgg/vggsound.csv:video=/vgg/video:split=train     VGGSound (official CSV + mp4 videos)
 
 Options after the argument are ``key=value`` separated by ``:``. Each kind declares its options: the keyword
 parameters of its constructor (and of the base classes it passes ``**kwargs`` to), typed by their annotations
@@ -26,6 +28,7 @@ from .base import AudioDataset, DatasetError
 from .files import ESC50, AudioFolder, ClassFolders, Manifest
 from .hdf5 import HDF5Audio
 from .hf import HFAudio
+from .official import AudioSetSegments, VGGSound
 from .options import check_options
 from .stream import ShardStream
 from .synthetic import SyntheticSounds
@@ -39,6 +42,8 @@ KINDS = {
     "hdf5": HDF5Audio,
     "webdataset": ShardStream,
     "hf": HFAudio,
+    "audioset": AudioSetSegments,
+    "vggsound": VGGSound,
 }
 _OPTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
@@ -95,6 +100,8 @@ _EXAMPLE = {
     "hdf5": "/data/balanced_train.h5,/data/unbalanced_train.h5",
     "webdataset": "/data/shards/shard-{000000..000999}.tar",
     "hf": "/data/audioset_hf",
+    "audioset": "/data/balanced_train_segments.csv:audio=/data/audio",
+    "vggsound": "/data/vggsound.csv:video=/data/video:split=train",
 }
 
 

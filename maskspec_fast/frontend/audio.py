@@ -1,7 +1,9 @@
 """Audio decoding, resampling and cropping for the reference (CPU) data path.
 
 ``load_audio(path)`` -> ``(N,)`` float32 mono at 32 kHz:
-  decode (soundfile / libsndfile >= 1.1: wav, flac, ogg/vorbis, mp3)  -> (frames, channels)
+  decode (the registry of frontend/decoders.py picks by content: libsndfile for wav, flac, ogg/vorbis, mp3, aiff;
+          FFmpeg through PyAV, frontend/ffmpeg.py, for mp4/m4a/mov, webm/mkv, opus, aac, wma, ...)
+                                                                       -> (frames, channels)
   -> down-mix: mean over channels                                      -> (frames,)
   -> resample orig_sr -> 32 kHz (polyphase, see :func:`resample`)      -> (ceil(frames * 32000 / orig_sr),)
 
@@ -25,36 +27,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .constants import AUDIO_EXTENSIONS, MIN_SAMPLES, SAMPLE_RATE
+from .errors import AudioFileError
 from .filters import polyphase_lowpass
-
-
-class AudioFileError(ValueError):
-    """An audio file that cannot be used, on every input path (reference loader, DALI, shard readers).
-
-    ``path`` names the file (``paths`` all suspects when a batch failed as a whole), ``problem`` says why; both
-    are in the message.
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str | None = None, paths: Sequence[str] | None = None):
-        if problem is None:  # rebuilt from a message alone (e.g. torch's re-raise of a worker error): keep it whole
-            path, _, problem = str(path).rstrip().rpartition("\n")[2].removeprefix(_QUALNAME).partition(": ")
-        self.path = str(path)
-        self.problem = problem
-        self.paths = list(paths) if paths is not None else [self.path]
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return (type(self), (self.path, self.problem, self.paths))
-
-
-_QUALNAME = f"{__name__}.AudioFileError: "
 
 
 def _resample_np(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
@@ -196,20 +176,6 @@ def decode_window(
     return torch.from_numpy(np.ascontiguousarray(mono[skip : skip + num], dtype=np.float32))
 
 
-def _not_a_file(p: Path) -> str:
-    """Why ``p`` cannot be read as a file, checked without opening it (opening a FIFO would block)."""
-    import stat
-
-    try:
-        mode = p.stat().st_mode
-    except OSError:
-        return "file not found" + (" (a dangling link)" if p.is_symlink() else "")
-    kind = next((name for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                                         (stat.S_ISDIR, "a directory")) if test(mode)), "not a regular file")
-    return f"not a regular file ({kind})" if kind != "not a regular file" else kind
-
-
 def soundfile_reader(f, path: str | os.PathLike):
     """``read(a, b)`` for :func:`decode_window` over an open ``soundfile.SoundFile``: seeks to ``a`` (or reads
     and drops the frames before it where the format cannot seek) and reads ``b - a`` frames, down-mixed."""
@@ -229,6 +195,20 @@ def soundfile_reader(f, path: str | os.PathLike):
     return read
 
 
+def _not_a_file(p: Path) -> str:
+    """Why ``p`` cannot be read as a file, checked without opening it (opening a FIFO would block)."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return "file not found" + (" (a dangling link)" if p.is_symlink() else "")
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+    kind = next((name for test, name in kinds if test(mode)), None)
+    return f"not a regular file ({kind})" if kind else "not a regular file"
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
@@ -246,8 +226,6 @@ def load_audio(
     5121 at 32 kHz, for "at least one 16-frame patch"). ``max_samples`` / ``generator``: decode only a window of
     the file (see :func:`decode_window`), what a data set's fixed-length clip needs.
     """
-    import soundfile as sf
-
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in AUDIO_EXTENSIONS:
@@ -258,12 +236,85 @@ def load_audio(
         raise AudioFileError(p, _not_a_file(p))
     if p.stat().st_size == 0:
         raise AudioFileError(p, "empty file (0 bytes)")
+    return decode_source(str(p), p, sample_rate, min_samples, max_samples, generator)
+
+
+def ffmpeg_decode(
+    source,
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Decode the first audio stream of ``source`` (a path or a binary file object named ``path`` in errors) with
+    FFmpeg (:mod:`.ffmpeg`) to ``(N,)`` float32 mono at ``sample_rate`` Hz, under the rule and checks of
+    :func:`decode_window`.
+
+    Whole file (``max_samples`` None): every frame FFmpeg outputs, ``N = ceil(frames * sample_rate / rate)`` for the
+    frames decoded. A window: ``N`` follows the length the container declares, and only the frames of the window
+    (plus the resampler's reach and a pre-roll) are decoded. Raises :class:`AudioFileError` for a missing PyAV, an
+    unreadable or truncated container (an mp4 without its moov atom), no audio stream, an unknown codec, a decode
+    error, 0 samples, and the checks of :func:`decode_window`.
+    """
+    from .ffmpeg import open_stream
+
+    s = open_stream(source, path)
     try:
-        f = sf.SoundFile(str(p))
+        check_rate(path, s.rate)
+        declared = s.declared_frames()
+        if max_samples is None and declared > MAX_SECONDS * s.rate * 1.01:  # said before hours are decoded
+            raise AudioFileError(path, f"declares {declared / s.rate / 3600:.2f} h of audio, over the decode budget "
+                                       f"of {MAX_SECONDS / 3600:g} h for a whole file")
+        frames = declared if max_samples is not None else 0
+        if frames <= 0:  # a whole file, or nothing declared (a raw stream): decode it all, then window it
+            whole = s.decode_all()
+            return decode_window(lambda a, b: whole[a:b], len(whole), s.rate, path, sample_rate, min_samples,
+                                 max_samples, generator)
+        return decode_window(s.read, frames, s.rate, path, sample_rate, min_samples, max_samples, generator)
+    finally:
+        s.close()
+
+
+def decode_source(
+    source,
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    min_samples: int | None = None,
+    max_samples: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Decode ``source`` (a path, or a seekable binary file object named ``path`` in errors) with the decoder the
+    registry picks from its content (:mod:`.decoders`): libsndfile or FFmpeg (:mod:`.ffmpeg`). A file whose
+    content libsndfile's formats were recognised in but that libsndfile cannot open goes to FFmpeg (when installed)
+    before it is called bad."""
+    import soundfile as sf
+
+    from .decoders import FFMPEG, SNDFILE, choose, read_head, sniff
+
+    try:
+        head = read_head(source)
+    except OSError as e:
+        raise AudioFileError(path, f"cannot be read ({e.strerror or e})") from e
+    known = sniff(head)
+    if (known or choose(head, str(path))) == FFMPEG:
+        return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
+    try:
+        f = sf.SoundFile(source)
     except Exception as e:  # libsndfile reports every decode failure as LibsndfileError / RuntimeError
-        raise AudioFileError(p, f"corrupt or undecodable audio ({type(e).__name__}: {e})") from e
+        err = AudioFileError(path, f"corrupt or undecodable audio ({type(e).__name__}: {e})")
+        from .ffmpeg import available
+
+        # only a recognised container (e.g. a WAV holding a codec libsndfile lacks): FFmpeg would probe unknown
+        # bytes until some format matched and decode noise from a corrupt file
+        if known == SNDFILE and available():
+            try:
+                return ffmpeg_decode(source, path, sample_rate, min_samples, max_samples, generator)
+            except AudioFileError:
+                pass
+        raise err from e
     with f:
-        return decode_window(soundfile_reader(f, p), f.frames, f.samplerate, p, sample_rate, min_samples,
+        return decode_window(soundfile_reader(f, path), f.frames, f.samplerate, path, sample_rate, min_samples,
                              max_samples, generator)
 
 
@@ -277,6 +328,8 @@ __all__ = [
     "SAMPLE_RATE",
     "check_rate",
     "crop_or_pad",
+    "decode_source",
+    "ffmpeg_decode",
     "decode_window",
     "input_window",
     "load_audio",

@@ -11,7 +11,12 @@ PATCH_FRAMES = 16  # frames (and mel bins) per patch: the model's patch_size
 FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE  # 10.0 ms per frame
 # A clip must cover one 16-frame patch: 16 full hops after the 2-tap pre-emphasis drops a sample.
 MIN_SAMPLES = PATCH_FRAMES * HOP_LENGTH + 1  # 5121 at 32 kHz
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+# Files a folder walk lists. libsndfile reads the first four (and aiff); FFmpeg (PyAV) reads them all. Which decoder
+# a file gets is decided by its content (maskspec_fast.frontend.decoders), the extension only when that is unclear.
+SNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".m4v", ".mov", ".3gp", ".aac", ".webm", ".mkv", ".mka", ".opus", ".oga",
+                     ".aiff", ".aif", ".wma", ".asf", ".ac3", ".avi", ".flv", ".wv", ".caf", ".amr")
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 
-__all__ = ["AUDIO_EXTENSIONS", "FRAME_MS", "HOP_LENGTH", "MIN_SAMPLES", "N_FFT", "N_MELS", "PATCH_FRAMES",
+__all__ = ["AUDIO_EXTENSIONS", "FFMPEG_EXTENSIONS", "SNDFILE_EXTENSIONS", "FRAME_MS", "HOP_LENGTH", "MIN_SAMPLES", "N_FFT", "N_MELS", "PATCH_FRAMES",
            "SAMPLE_RATE", "WIN_LENGTH"]

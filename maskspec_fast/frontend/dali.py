@@ -35,8 +35,9 @@ Design choices (why):
   exactly once per epoch across shards; shard sizes differ by at most one item.
 * **mp3**: DALI 2.4's ``fn.decoders.audio`` decodes WAV, FLAC and OGG (Vorbis/Opus) only ("File contains data
   in an unimplemented format" for mp3). When any item needs another codec, the source becomes an
-  ``fn.external_source`` that reads raw bytes for the DALI-decodable files and transcodes the rest (mp3) in
-  Python with soundfile into an in-memory float WAV at the file's own rate, so the DALI graph (decoder,
+  ``fn.external_source`` that reads raw bytes for the DALI-decodable files and transcodes the rest (mp3 with
+  soundfile; mp4/m4a/webm/opus... with FFmpeg, :mod:`.ffmpeg`) in Python into an in-memory float WAV at the file's
+  own rate, so the DALI graph (decoder,
   resampler and all) stays the same. That transcode runs on the Python feeding thread: slower than a pure
   reader, documented and measured in ``benchmarks/frontend.py``.
 * **bad files**: with ``validate=True`` (default) every file's header is checked once up front with
@@ -62,6 +63,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .errors import AudioFileError
 from .filters import resampling_cutoff, windowed_sinc
 from .logmel import MelSettings
 
@@ -101,10 +103,58 @@ def symmetric_hann(n: int) -> list[float]:
     return torch.hann_window(n, periodic=False, dtype=torch.float64).tolist()
 
 
+def _ffmpeg_file(path: str) -> bool:
+    """Whether the registry (:mod:`.decoders`) gives ``path`` to FFmpeg (a container libsndfile cannot read)."""
+    from .decoders import FFMPEG, choose, read_head
+
+    try:
+        return choose(read_head(path), path) == FFMPEG
+    except OSError:
+        return False
+
+
+def _decode_native(path: str) -> tuple[np.ndarray, int]:
+    """``(frames, channels)`` float32 at the file's own rate, by the registry's decoder (FFmpeg's: mono)."""
+    if _ffmpeg_file(path):
+        from .ffmpeg import open_stream
+
+        s = open_stream(path, path)
+        try:
+            return s.decode_all()[:, None], s.rate
+        finally:
+            s.close()
+    import soundfile as sf
+
+    return sf.read(path, dtype="float32", always_2d=True)
+
+
+def file_info(path: str) -> tuple[str, int]:
+    """``(format, rate)`` of a file that passed :func:`header_check`: libsndfile's format name (``"WAV"``,
+    ``"MP3"``...), or ``"FFMPEG"`` for the containers FFmpeg decodes (always transcoded), and the decoded rate."""
+    if _ffmpeg_file(path):
+        from .ffmpeg import open_stream
+
+        s = open_stream(path, path)
+        s.close()
+        return "FFMPEG", s.rate
+    import soundfile as sf
+
+    info = sf.info(path)
+    return info.format, int(info.samplerate)
+
+
 def header_check(path: str) -> str | None:
     """Cheap validity check (header only, via ``soundfile.info``): ``None`` if fine, else the reason."""
     import soundfile as sf
 
+    if _ffmpeg_file(path):  # mp4 / m4a / webm / opus ...: opening the container checks its header
+        from .ffmpeg import open_stream
+
+        try:
+            open_stream(path, path).close()
+        except AudioFileError as exc:
+            return exc.problem
+        return None
     try:
         info = sf.info(path)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / OSError
@@ -126,7 +176,7 @@ def _encoded_bytes(path: str, transcode: bool) -> np.ndarray:
         return np.fromfile(path, dtype=np.uint8)
     import soundfile as sf
 
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    data, rate = _decode_native(path)
     buf = io.BytesIO()
     sf.write(buf, data, rate, format="WAV", subtype="FLOAT")
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
@@ -134,10 +184,10 @@ def _encoded_bytes(path: str, transcode: bool) -> np.ndarray:
 
 def full_decode_error(path: str) -> str | None:
     """Decode a whole file with soundfile to find the culprit of a DALI failure."""
-    import soundfile as sf
-
     try:
-        data, _ = sf.read(path, dtype="float32", always_2d=True)
+        data, _ = _decode_native(path)
+    except AudioFileError as exc:
+        return exc.problem
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     if data.size == 0:
@@ -305,10 +355,8 @@ _IDENTITY = np.ones((1, 1), dtype=np.float32)
 def _file_rate(path: str, rates: Sequence[int] | None, position: int) -> int:
     if rates is not None:
         return int(rates[position])
-    import soundfile as sf
-
     try:
-        return int(sf.info(path).samplerate)
+        return file_info(path)[1]
     except Exception:  # a bad file: let the decoder fail on it, so the error is attributed to that file
         return -1
 

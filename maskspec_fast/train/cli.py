@@ -231,10 +231,14 @@ def _device(name: str) -> torch.device:
 
 def _dataset(spec: str, args, train: bool):
     from ..data import build_dataset
+    from ..data.official import official_options
+    from ..data.spec import KINDS, parse_spec
 
     kw = dict(train=train, seed=args.seed, on_error="skip" if args.skip_bad_files else "raise")
     if args.clip_seconds is not None:
         kw["clip_seconds"] = args.clip_seconds
+    # audioset: / vggsound: list their missing downloads in the run's folder (missing.csv)
+    kw.update(official_options(KINDS[parse_spec(spec)[0]], getattr(args, "out", None)))
     return build_dataset(spec, **kw)
 
 
@@ -259,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import NonFiniteLoss
 
     args = build_parser().parse_args(argv)
+    from ..data.official import say_missing_in_one_line
+
+    say_missing_in_one_line()  # "warning: audioset: N of M rows ... have no file ..." as one line
     # Subnormal floats (tiny Adam moments, decayed activations) take a slow path on many CPUs; flushing them to
     # zero is cheap insurance (no slowdown from them was measured in our runs, nor any change in results).
     torch.set_flush_denormal(True)
