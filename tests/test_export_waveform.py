@@ -58,7 +58,8 @@ def reference_f64(wave: torch.Tensor) -> torch.Tensor:
     """LogMel in float64 (its own buffers and recipe), the oracle for both float32 front ends."""
     ref = LogMel()
     s = ref.settings
-    x = torch.nn.functional.conv1d(wave.double().unsqueeze(1), ref.preemph.double()).squeeze(1)
+    w = wave.double()
+    x = w[:, 1:] - s.preemphasis * w[:, :-1]  # pre-emphasis in float64
     spec = torch.stft(x, s.n_fft, s.hop_length, s.win_length, ref.window.double(), center=True, pad_mode="reflect",
                       return_complex=True)
     mel = ref.mel_bank.double() @ (spec.real.square() + spec.imag.square())
@@ -73,7 +74,8 @@ def fp32_logmel_bound(wave: torch.Tensor, c: float = 4.0) -> torch.Tensor:
     eps = float(torch.finfo(torch.float32).eps)
     ref = LogMel()
     s = ref.settings
-    x = torch.nn.functional.conv1d(wave.double().unsqueeze(1), ref.preemph.double()).squeeze(1)
+    w = wave.double()
+    x = w[:, 1:] - s.preemphasis * w[:, :-1]  # pre-emphasis in float64
     mag = torch.stft(x, s.n_fft, s.hop_length, s.win_length, ref.window.double(), center=True, pad_mode="reflect",
                      return_complex=True).abs()  # (B, K, T), K = N/2 + 1
     power = mag.square()

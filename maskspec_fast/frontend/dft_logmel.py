@@ -63,13 +63,12 @@ class DFTLogMel(nn.Module):
         bins = torch.nonzero(bank.abs().sum(0) > 0).squeeze(1)  # (K,) bins some filter reads
         self.num_bins = int(bins.numel())
         self.pad = s.n_fft // 2 - (s.n_fft - s.win_length) // 2  # 400: see module doc
-        self.register_buffer("preemph", torch.tensor([[[-s.preemphasis, 1.0]]]), persistent=False)
         self.register_buffer("basis", dft_basis(s, bins), persistent=False)  # (2K, 1, W)
         self.register_buffer("mel_bank", bank[:, bins].contiguous(), persistent=False)  # (M, K)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        x = F.conv1d(wave.unsqueeze(1), self.preemph)  # (B, 1, N-1)
+        x = (wave[:, 1:] - s.preemphasis * wave[:, :-1]).unsqueeze(1)  # (B, 1, N-1): Slice/Mul/Sub, no 2-tap Conv
         x = F.pad(x, (self.pad, self.pad), mode="reflect")  # (B, 1, N-1 + 2*pad)
         spec = F.conv1d(x, self.basis, stride=s.hop_length)  # (B, 2K, T)
         re, im = spec[:, : self.num_bins], spec[:, self.num_bins :]
