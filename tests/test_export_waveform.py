@@ -33,6 +33,7 @@ from maskspec_fast.frontend.dft_logmel import DFTLogMel
 ROOT = Path(__file__).resolve().parents[1]
 GRID_T = 8  # 128 frames: 9921 .. 45760 samples (0.31 .. 1.43 s)
 RTOL = 1e-4
+TOO_LONG = (1.01, 2, 100)  # x max_samples: the guard used to fire only within one spare column (~5k samples)
 
 
 def make_clf(pool: str = "mean") -> Classifier:
@@ -132,8 +133,9 @@ def test_torch_export_waveform_program_matches_pipeline():
     for w in _waves(lo, hi):
         with torch.no_grad():
             _close(prog(w).numpy(), _pipeline(clf, w, "embedding"), f"export {tuple(w.shape)}")
-    with pytest.raises((AssertionError, RuntimeError), match="(?i)guard|range|size|shape"):
-        prog(torch.randn(1, hi + 1))
+    for n in (hi + 1, *(int(f * hi) for f in TOO_LONG)):
+        with pytest.raises((AssertionError, RuntimeError), match=f"(?i)guard failed.*<= {hi}"):
+            prog(torch.zeros(1, n))
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +189,9 @@ def test_onnx_waveform_out_of_range_fails_loudly_and_nan_stays_in_its_row(cli_ex
     clf, path = cli_export
     lo, hi = waveform_limits(clf.config)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception, match=f"at_most_{hi}_samples"):  # the named guard node, before the front end
-        sess.run(None, {"wave": np.zeros((1, hi + 1), np.float32)})
+    for n in (hi + 1, *(int(f * hi) for f in TOO_LONG)):  # the named guard node fails, whatever the excess
+        with pytest.raises(Exception, match=f"at_most_{hi}_samples"):
+            sess.run(None, {"wave": np.zeros((1, n), np.float32)})
     with pytest.raises(Exception, match="(?i)division by zero|invalid|dimension"):  # under one patch column
         sess.run(None, {"wave": np.zeros((1, 4000), np.float32)})  # 13 frames
     w = np.random.default_rng().standard_normal((3, lo + 1000)).astype(np.float32)
@@ -196,6 +199,24 @@ def test_onnx_waveform_out_of_range_fails_loudly_and_nan_stays_in_its_row(cli_ex
     out = sess.run(None, {"wave": w})[0]
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()  # a NaN clip is visibly NaN, alone
     _close(out[[0, 2]], _pipeline(clf, torch.from_numpy(w[[0, 2]]), "embedding"), "rows beside a NaN row")
+
+
+def test_onnx_waveform_guard_precedes_every_node_that_reads_weights_or_samples(cli_export):
+    """Before the length guard only shape arithmetic may run (Shape, Range, integer math, Concat of shapes): every
+    node that reads a weight or the samples (the positional table's Gather did not, and failed first for inputs
+    2x too long) depends on the guard's output, so ONNX Runtime cannot schedule it earlier."""
+    import onnx
+
+    g = onnx.load(str(cli_export[1])).graph
+    guard = next(n for n in g.node if n.name.startswith("input_wave_must_have_at_most_"))
+    after = set(guard.output)
+    unguarded = []
+    for n in g.node:  # in topological order
+        if any(i in after for i in n.input):
+            after.update(n.output)
+        elif n is not guard and n.op_type in ("Gather", "GatherElements", "Expand", "Conv", "MatMul", "Pad"):
+            unguarded.append(f"{n.op_type} {n.name}")
+    assert unguarded == []
 
 
 # the docs script must run where torch cannot be imported (a runtime-only machine)
