@@ -214,26 +214,40 @@ def test_fp16_overflow_is_left_to_the_grad_scaler(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ full disk
-def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_older_checkpoints(tmp_path):
-    """A real full disk: a 3 MiB tmpfs (mounted in a user + mount namespace) holds the first checkpoint, the
+def _namespace_for_a_tmpfs() -> list[str] | str:
+    """The command prefix that runs a shell in a private mount namespace where it may mount a tmpfs (root: a
+    plain mount namespace; others: a user + mount namespace), or why there is none."""
+    if not shutil.which("unshare"):
+        return "unshare is not installed"
+    prefix = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    p = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    return prefix if p.returncode == 0 else f"{' '.join(prefix)} is refused here ({p.stderr.strip()})"
+
+
+# A checkpoint of this run is ~2.33 MB: model.safetensors 0.77 MB + trainer.pt 1.56 MB. In 3 MB the second
+# checkpoint's safetensors file runs out of space; in 3.7 MB it fits, and torch's writer of trainer.pt runs out
+# (it used to report "unexpected pos 633088 vs 632976" instead of a full disk).
+@pytest.mark.parametrize("size, writer", [("3m", "safetensors"), ("3700k", "torch.save")])
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_older_checkpoints(tmp_path, size, writer):
+    """A real full disk: a small tmpfs (mounted in a private mount namespace) holds the first checkpoint, the
     second does not fit."""
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
-        pytest.skip("unprivileged user namespaces (unshare -rm) are not available here; "
-                    "test_a_failed_save_removes_its_temporary_directory covers the clean-up")
+    prefix = _namespace_for_a_tmpfs()
+    if isinstance(prefix, str):
+        pytest.skip(f"{prefix}; test_a_torch_writer_failure_on_a_full_disk_says_so covers the message mapping")
     out, kept = tmp_path / "small_disk", tmp_path / "copy"
     out.mkdir()
     run = [sys.executable, "-m", "maskspec_fast.train", *BASE, "--lr", "1e-3", "--steps", "6", "--save-every", "2",
            "--out", str(out)]
-    script = (f"mount -t tmpfs -o size=3m tmpfs {out} || exit 99; {' '.join(map(str, run))}; rc=$?; "
+    script = (f"mount -t tmpfs -o size={size} tmpfs {out} || exit 99; {' '.join(map(str, run))}; rc=$?; "
               f"cp -a {out} {kept}; exit $rc")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    p = subprocess.run([*prefix, "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode == 99:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {p.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     err = p.stderr.strip().splitlines()
     assert p.returncode == 4, p.stderr[-2000:]
     assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert str(out / "checkpoints") in err[0] and "no space left on device" in err[0], err
+    assert err[0] == f"error: {out / 'checkpoints'}: cannot write checkpoint step_00000004: no space left on device", err
     names = sorted(q.name for q in (kept / "checkpoints").iterdir())
     assert names == ["step_00000002"], names  # no partial .tmp_* left; the earlier checkpoint whole
     assert checkpoint_nonfinite(kept / "checkpoints" / "step_00000002") == []
@@ -258,6 +272,35 @@ def test_a_failed_save_removes_its_temporary_directory(tmp_path, monkeypatch):
     with pytest.raises(CheckpointWriteError, match="cannot write checkpoint step_00000002: no space left on device"):
         checkpoint.save_checkpoint(tmp_path, 2, m, {"step": 2})
     assert sorted(q.name for q in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
+
+
+@pytest.mark.parametrize("free", [0, 10**12])
+def test_a_torch_writer_failure_on_a_full_disk_says_so(tmp_path, monkeypatch, free):
+    """torch's zip writer reports a full disk as "unexpected pos" (what a real tmpfs showed, injected here for
+    machines that cannot mount one): with no room left for the rest of trainer.pt the message says the disk is
+    full; with room left it is some other failure and keeps torch's words."""
+    from maskspec_fast.serialization import CheckpointWriteError
+    from maskspec_fast.train import checkpoint
+
+    m = Model(ModelConfig(**TINY_CFG))
+    real_save, real_statvfs = torch.save, os.statvfs
+
+    def short_write(obj, fh, *a, **k):
+        if isinstance(fh, (str, os.PathLike)) or not hasattr(fh, "name"):  # the size probe writes to memory
+            return real_save(obj, fh, *a, **k)
+        fh.write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 898688 vs 898576")
+
+    class Stat:
+        def __init__(self, real):
+            self.f_frsize, self.f_bavail = real.f_frsize, free // real.f_frsize
+
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: Stat(real_statvfs(p)))
+    want = "no space left on device" if free == 0 else r"\[enforce fail at inline_container.cc:672\] . unexpected pos"
+    with pytest.raises(CheckpointWriteError, match=f"cannot write checkpoint step_00000002: {want}"):
+        checkpoint.save_checkpoint(tmp_path, 2, m, {"step": 2, "moments": torch.zeros(1000)})
+    assert not any((tmp_path / "checkpoints").iterdir())
 
 
 # ------------------------------------------------------------------------------------ kill -9 inside a write

@@ -11,6 +11,7 @@ by ``<out>/best.json``; it is never pruned by ``keep``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -73,10 +74,15 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         model.save_pretrained(tmp)
-        # through a Python file object: a full disk then raises OSError(ENOSPC), where torch's own file writer
-        # only reports "unexpected pos"
-        with open(tmp / "trainer.pt", "wb") as fh:
-            torch.save(trainer_state, fh)
+        try:
+            with open(tmp / "trainer.pt", "wb") as fh:
+                torch.save(trainer_state, fh)
+        except RuntimeError as e:
+            # torch's zip writer reports a short write on a full disk as "unexpected pos A vs B", not as ENOSPC
+            # (even through a Python file object): ask the file system whether the rest would have fitted
+            if _out_of_space(tmp / "trainer.pt", trainer_state):
+                raise OSError(errno.ENOSPC, f"No space left on device ({_first_line(e)})") from e
+            raise
         (tmp / COMPLETE).write_text(str(step))
     except (OSError, RuntimeError) as e:  # half a checkpoint is never left behind, older ones stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,6 +101,26 @@ def save_checkpoint(
         if not debris.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(debris, ignore_errors=True)
     return final
+
+
+def _out_of_space(partial: Path, obj: Any) -> bool:
+    """Whether writing ``obj`` to ``partial`` (a file a failed ``torch.save`` left) failed for want of space: the
+    bytes still missing (``obj``'s serialized size minus what ``partial`` holds) plus one file-system block exceed
+    the space left. False when that cannot be told (``obj`` does not serialize, the folder is gone)."""
+    import io
+
+    try:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        written = partial.stat().st_size if partial.exists() else 0
+        fs = os.statvfs(partial.parent)
+    except (OSError, RuntimeError):
+        return False
+    return fs.f_bavail * fs.f_frsize < buf.tell() - written + fs.f_frsize
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
