@@ -32,7 +32,8 @@ data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1
   | hdf5:FILE[,FILE] | webdataset:'DIR/shard-{000000..000099}.tar' (streamed) | hf:DIR  (issue 15; prepare shards
   once with: python -m maskspec_fast.data prepare SRC_SPEC OUT_DIR)
 exit status: 0 done, 2 bad input (one line naming the file and the problem), 3 a non-finite loss / gradient norm /
-  state (the line names the last good checkpoint), 4 a checkpoint could not be written (e.g. disk full)
+  state (the line names the checkpoint to continue from: not one written after the loss diverged; then with
+  --resume CHECKPOINT and a lower --lr), 4 a checkpoint could not be written (e.g. disk full)
 resume: --resume auto continues from the newest good checkpoint in --out (model, optimizer, lr schedule,
   grad scaler, data position, RNG states; the torch front end resumes mid-epoch exactly, the DALI front end
   re-decodes the used part of the current epoch to reach the same position)
