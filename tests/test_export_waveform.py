@@ -265,3 +265,26 @@ def test_docs_script_refuses_bad_files(cli_export, tmp_path):
     sf.write(tmp_path / "nan.wav", bad, 32000, subtype="FLOAT")
     r = _docs_script(str(model), str(tmp_path / "nan.wav"))
     assert r.returncode == 2 and "1 NaN/Inf samples" in r.stderr
+
+
+def test_docs_script_refuses_unreadable_files_in_one_line(cli_export, tmp_path):
+    """A 0-byte or corrupt audio file, and a 0-byte or corrupt model, are one error line (exit 2), no traceback."""
+    _, model = cli_export
+    good_wav = tmp_path / "ok.wav"
+    import soundfile as sf
+
+    sf.write(good_wav, recording(32000, 32000, 0), 32000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    cases = [(model, tmp_path / "empty.wav", "cannot be read as audio"),
+             (model, tmp_path / "junk.wav", "cannot be read as audio"),
+             (tmp_path / "empty.onnx", good_wav, "not a readable ONNX model"),
+             (tmp_path / "junk.onnx", good_wav, "not a readable ONNX model")]
+    for onnx_file, audio, want in cases:
+        r = _docs_script(str(onnx_file), str(audio))
+        bad = audio if "audio" in want else onnx_file
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert lines[0].startswith(f"error: {bad}: {want} ("), lines

@@ -68,8 +68,10 @@ class Trainer:
         log: Callable[..., None] = print,
         dist_info: DistInfo | None = None,
         evaluate: Evaluator | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         self.task, self.dataset, self.config, self.frontend, self.device = task, dataset, config, frontend, device
+        self.settings = settings or {}
         self.info = info = dist_info or DistInfo()
         self.log = log if info.is_main else _quiet
         self.evaluate = evaluate
@@ -353,9 +355,20 @@ class Trainer:
         except (ImportError, ValueError, OSError, KeyError) as e:  # pictures are a convenience, never a failure
             self.log(f"note: training curves not drawn ({e})")
 
+    def _write_config(self) -> None:
+        """``out/config.json``: the task, this trainer's config, the model config, the clip count, and the
+        caller's ``settings`` (which win on shared keys)."""
+        model_cfg = getattr(self.model, "config", None)
+        settings = {"task": self.task.name, "train": self.config.to_dict(), "clips": len(self.dataset),
+                    "model": model_cfg.to_dict() if model_cfg is not None else None, **self.settings}
+        write_json_atomic(self.out / "config.json", settings)
+
     def run(self) -> dict:
-        """Train to ``config.steps``; returns a summary dict (on every rank)."""
+        """Train to ``config.steps``; returns a summary dict (on every rank). Rank 0 writes ``config.json`` first
+        and ``summary.json`` (the summary without the per-step losses) last."""
         cfg, st = self.config, self.state
+        if self.info.is_main:
+            self._write_config()
         self._open_outputs()
         self.model.train()
         self.frontend.train(self.task.name == "pretrain")
@@ -382,10 +395,13 @@ class Trainer:
         if st.nonfinite:
             self.log(f"warning: {st.nonfinite} step(s) with a non-finite loss were skipped (column 'nonfinite' of "
                      "log.csv)")
-        return {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
-                "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
-                "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
-                "evals": self.evals}
+        summary = {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
+                   "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
+                   "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
+                   "evals": self.evals}
+        if self.info.is_main:
+            write_json_atomic(self.out / "summary.json", {k: v for k, v in summary.items() if k != "losses"})
+        return summary
 
 
 def train(
@@ -397,9 +413,11 @@ def train(
     log: Callable[..., None] = print,
     dist_info: DistInfo | None = None,
     evaluate: Evaluator | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict:
-    """Run ``config.steps`` optimizer steps of ``task`` on ``dataset`` (see :class:`Trainer`); the summary dict."""
-    return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate).run()
+    """Run ``config.steps`` optimizer steps of ``task`` on ``dataset`` (see :class:`Trainer`); the summary dict.
+    ``out/config.json`` records the run's settings (plus ``settings``), ``out/summary.json`` the summary."""
+    return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate, settings).run()
 
 
 def _reduce_step(loss: torch.Tensor, bad_files: int, grad_bad: torch.Tensor, grad_norm: torch.Tensor
