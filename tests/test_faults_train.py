@@ -97,6 +97,7 @@ def test_a_diverged_checkpoint_is_not_good_and_resuming_from_the_named_one_conti
     past step 6 to the end. (A blow-up from scratch is chaotic for a few steps, its step of Inf depends on the
     rounding of each kernel; one update at lr 1e4 is not.)"""
     out = tmp_path / "run"
+    # --save-every 1: a checkpoint at every step, so the one the failing step ran on and the ones before it exist
     args = [*BASE, "--lr", "1e-3", "--save-every", "1", "--out", str(out)]
     assert main([*args, "--steps", "4"]) == 0
     capsys.readouterr()
@@ -122,6 +123,20 @@ def test_a_diverged_checkpoint_is_not_good_and_resuming_from_the_named_one_conti
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     assert all(float(r["loss"]) < 10 * start and float(r["grad_norm"]) < float("inf") for r in rows)
     assert _all_checkpoints_finite(out)[-1] == "step_00000008"
+
+
+def test_keep_spares_the_newest_good_checkpoint_and_a_resumed_run_drops_the_abandoned_ones(tmp_path):
+    from maskspec_fast.train.checkpoint import save_checkpoint
+
+    m = Model(ModelConfig(**TINY_CFG))
+    good = tmp_path / "checkpoints" / "step_00000001"
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, m, {"step": step}, keep=2, protect=good)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000003", "step_00000004"]
+    # resumed from step 1 (e.g. as a diverged run's message advised): its step-2 save removes 3 and 4, the
+    # continuation it abandoned, so --keep counts this run's checkpoints
+    save_checkpoint(tmp_path, 2, m, {"step": 2}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000002"]
 
 
 def test_no_checkpoint_yet_says_that_none_exists(tmp_path, capsys):

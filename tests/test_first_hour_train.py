@@ -107,6 +107,7 @@ def test_python_train_writes_config_and_summary_json(tmp_path):
     from maskspec_fast.frontend.logmel import LogMel
     from maskspec_fast.train import PretrainTask, TrainConfig, train
 
+    # workers=0: what is checked is the files the trainer writes; a loader process would only add start-up time
     config = TrainConfig(out=str(tmp_path), steps=2, batch_size=4, quiet=True, workers=0)
     result = train(PretrainTask(Model(ModelConfig(**TINY_CFG))), SyntheticSounds(8, clip_seconds=0.64), config,
                    LogMel(), torch.device("cpu"), log=lambda *a: None)
@@ -127,6 +128,7 @@ def test_finetune_takes_an_explicit_train_config_batch_size(tmp_path):
     from maskspec_fast.train import FinetuneRecipe, TrainConfig, finetune
 
     recipe = FinetuneRecipe(val_fraction=0.0, head_init="zero", refit_head=False, pool="mean")
+    # workers=0: only the batch size's way into the run is checked; a loader process would only add start-up time
     run = TrainConfig(out=str(tmp_path / "a"), batch_size=8, quiet=True, workers=0, picture_every=0)
     source = _finetune_source()
     clf = Classifier(ModelConfig(**TINY_CFG), source.num_classes)
