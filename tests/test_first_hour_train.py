@@ -2,7 +2,6 @@
 met through the CLI with its default options, and the Python API's run outputs."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest

@@ -27,8 +27,8 @@ from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
 from .checkpoint import last_good_checkpoint, list_checkpoints, write_json_atomic
 from .config import TrainConfig
-from .divergence import judge, mark, stop_advice
 from .distributed import DistInfo, active, barrier, broadcast_object, local_rows, wrap_ddp
+from .divergence import MARKER, Verdict, judge, mark, stop_advice
 from .evaluation import Evaluator, autocast
 from .inputs import make_input
 from .logs import EVAL_FIELDS, LOG_FIELDS, CsvLog, TensorBoard, append_bad_files
@@ -122,9 +122,9 @@ class Trainer:
             self.log(f"warning: the checkpoint was made with --frontend {st.frontend}, resuming with "
                      f"{self.input.name}: the data order from here differs from an uninterrupted run")
         st.global_batch, st.frontend, st.world_size = self.global_batch, self.input.name, self.info.world_size
-        if (path / "DIVERGED").is_file():
+        if (path / MARKER).is_file():  # asked for explicitly (auto passes over it): allowed, but said
             self.log(f"warning: resuming from {path}, which a stopped run rejected "
-                     f"({(path / 'DIVERGED').read_text().strip()})")
+                     f"({(path / MARKER).read_text().strip()})")
         self.state = st
         self.log(f"resumed from {path} at step {st.step} (epoch {st.epoch}, batch {st.batch_in_epoch})")
 
@@ -136,7 +136,7 @@ class Trainer:
         save_training(self.out, self.state, self.model, self.optimizer, self.scaler, self.info, self.config.keep,
                       name=name, protect=protect)
 
-    def _verdicts(self, failing_loss: float | None = None) -> list:
+    def _verdicts(self, failing_loss: float | None = None) -> list[Verdict]:
         """The divergence rule's verdicts on the step checkpoints in ``out`` (:mod:`.divergence`); with
         ``failing_loss``, the step after ``state.step`` failed with that loss."""
         losses = dict(self.loss_at)
