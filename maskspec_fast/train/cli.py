@@ -353,25 +353,28 @@ def recipe_from_args(args: argparse.Namespace) -> FinetuneRecipe:
     return FinetuneRecipe().replace(**given)
 
 
-def _clip_from_checkpoint(args, con: Console) -> None:
-    """``finetune --init``: the clip length is the checkpoint's (``config.frames`` frames: ``frames * hop / rate``
-    seconds, the shortest clip that gives those frames), not the data set's default. An explicit
-    ``--clip-seconds`` wins; when it gives other frames, one line says so (the positional table is then cropped
-    or interpolated to the new grid)."""
+def _clip_from_checkpoint(args, con: Console, source):
+    """``finetune --init``: the clip length is the checkpoint's (its ``config.frames``), not the data set's default.
+    When the data's default clips give other frames, the data are built again with ``frames * hop / rate``
+    seconds (the shortest clips that give those frames; a default that gives the same frames, e.g. 10 s for a
+    992-frame model, is kept). An explicit ``--clip-seconds`` wins; when it gives other frames, one line says so
+    (the positional table is then cropped or interpolated to the new grid). Returns the source to train on."""
     from ..frontend.constants import HOP_LENGTH
     from ..hub import resolve_pretrained
     from ..serialization import CONFIG_NAME, config_from_meta
 
     cfg_file = resolve_pretrained(args.init) / CONFIG_NAME
     ck_frames = config_from_meta(cfg_file, _checkpoint_meta(args.init)).frames
+    frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
+    if frames == ck_frames:
+        return source
     if args.clip_seconds is None:
         args.clip_seconds = ck_frames * HOP_LENGTH / SAMPLE_RATE
-        return
-    frames = model_frames(round(args.clip_seconds * SAMPLE_RATE))
-    if frames != ck_frames:
-        con.say(f"note: --clip-seconds {args.clip_seconds:g} gives {frames} frames, {args.init} was trained on "
-                f"{ck_frames} ({ck_frames * HOP_LENGTH / SAMPLE_RATE:g} s): its positional table is "
-                f"{'cropped' if frames < ck_frames else 'interpolated'} to the new length")
+        return _dataset(args.data, args, train=True)
+    con.say(f"note: --clip-seconds {args.clip_seconds:g} gives {frames} frames, {args.init} was trained on "
+            f"{ck_frames} ({ck_frames * HOP_LENGTH / SAMPLE_RATE:g} s): its positional table is "
+            f"{'cropped' if frames < ck_frames else 'interpolated'} to the new length")
+    return source
 
 
 def _finetune(args, device, con: Console) -> int:
@@ -381,9 +384,9 @@ def _finetune(args, device, con: Console) -> int:
     from .evaluation import describe, evaluate
     from .finetune import finetune
 
-    if args.init:
-        _clip_from_checkpoint(args, con)
     source = _dataset(args.data, args, train=True)
+    if args.init:
+        source = _clip_from_checkpoint(args, con, source)
     require_labels(source, args.data)
     recipe = recipe_from_args(args)
     frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
