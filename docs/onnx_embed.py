@@ -7,7 +7,7 @@ The graph holds the whole front end, so this script only decodes, checks and win
   * channels are averaged (stereo -> mono), as the training data path does;
   * the file must be at the model's rate (the graph's metadata ``sample_rate``, 32000): other rates are refused
     (resample first, e.g. ``ffmpeg -i in.wav -ar 32000 out.wav``; numpy alone has no good resampler);
-  * NaN / Inf samples and empty files are refused;
+  * NaN / Inf samples, empty files and unreadable ones (0 bytes, corrupt; the model file too) are refused in one line;
   * clips shorter than ``min_samples`` are zero-padded to it (documented behaviour of the export);
   * clips longer than ``max_samples`` are cut into windows: for ``embedding`` / ``logits`` windows of
     ``max_samples`` every half window, the last aligned to the end, and the outputs averaged; for ``frames``
@@ -37,12 +37,18 @@ def embed_file(model_path: str, audio_path: str) -> np.ndarray:
     import onnxruntime as ort
     import soundfile as sf
 
-    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    try:  # a 0-byte, truncated or foreign file: onnxruntime's and libsndfile's own errors, as one line
+        sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, NoSuchFile, ...)
+        raise ValueError(f"{model_path}: not a readable ONNX model ({_first_line(e)})") from e
     meta = sess.get_modelmeta().custom_metadata_map
     if meta.get("maskspec_input") != "waveform":
         raise ValueError(f"{model_path}: not a waveform-in export (export it with --input waveform)")
     rate, lo, hi = int(meta["sample_rate"]), int(meta["min_samples"]), int(meta["max_samples"])
-    audio, sr = sf.read(audio_path, dtype="float32", always_2d=True)  # (N, channels)
+    try:
+        audio, sr = sf.read(audio_path, dtype="float32", always_2d=True)  # (N, channels)
+    except (RuntimeError, OSError, TypeError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        raise ValueError(f"{audio_path}: cannot be read as audio ({_first_line(e)})") from e
     if sr != rate:
         raise ValueError(f"{audio_path}: sample rate {sr} Hz, the model takes {rate} Hz: resample the file first")
     wave = audio.mean(axis=1)  # (N,) mono
@@ -62,6 +68,11 @@ def embed_file(model_path: str, audio_path: str) -> np.ndarray:
             return np.concatenate([run(p) for p in parts[:-1]] + [run(np.pad(parts[-1], (0, lo - parts[-1].size)))[:n_tail]])
         return np.concatenate([run(p) for p in parts])
     return np.mean([run(wave[s : s + hi]) for s in windows(wave.size, hi, hi // 2)], axis=0)
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:200] + "...") if len(text) > 200 else text or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ Outputs, readable without this package:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,11 +74,11 @@ def load_encoder(checkpoint: str, device: str | torch.device) -> Any:
     from .hub import is_repo_id, resolve_pretrained
     from .interop import read_mae_checkpoint
     from .model import Classifier
-    from .serialization import CONFIG_NAME
+    from .serialization import CONFIG_NAME, read_meta
 
     if Path(checkpoint).is_dir() or is_repo_id(checkpoint):
         d = resolve_pretrained(checkpoint)
-        kind = json.loads((d / CONFIG_NAME).read_text()).get("model_type")
+        kind = read_meta(d / CONFIG_NAME)["model_type"]  # a malformed file: one line naming it
         clf = Classifier.from_pretrained(d, num_classes=None if kind == "classifier" else 1)
     elif Path(checkpoint).is_file():
         has_head = "head.weight" in read_mae_checkpoint(checkpoint).state

@@ -23,9 +23,10 @@ Longer audio goes in windows, outside the graph: clip embeddings (and logits) as
 consecutive windows of ``16 * 320 * grid_t`` samples (whole patch columns, so frame ``c`` of window ``w`` starts at
 ``w * grid_t + c`` columns). ``Classifier.embed_windows`` does the clip case in PyTorch.
 
-Out-of-range inputs: longer than ``max_samples``, the first node of the waveform graph (named
+Out-of-range inputs: longer than ``max_samples``, by any amount, the first node of the waveform graph (named
 ``input_wave_must_have_at_most_<max_samples>_samples``) fails with a broadcast error, before any allocation for the
-front end; shorter than one patch column, a division-by-zero error (ONNX Runtime) or a failed assert
+front end (every node that reads a weight or the samples depends on its output; only shape arithmetic may run
+before it); shorter than one patch column, a division-by-zero error (ONNX Runtime) or a failed assert
 (torch.export). Zero-pad a short clip to ``min_samples``. NaN or Inf samples make that clip's row NaN (other rows
 of the batch are unaffected); check ``np.isfinite`` first, as ``docs/onnx_embed.py`` does.
 
@@ -92,12 +93,22 @@ class WaveformModel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = wave + self.guard[: wave.shape[1]]  # (B, N); a shape error when N > max_samples
-        spec = self.frontend(wave)  # (B, M, T)
-        # whole patches only, T -> p * (T // p): as a gather, not a slice or a view, so that export does not
-        # specialize on whether T is a multiple of p (where the slice would be a no-op)
-        p = self.head.clf.config.patch_size
-        cols = torch.arange(spec.shape[2] // p * p, device=spec.device)
-        return self.head(spec.index_select(2, cols))  # (B, M, p * (T // p))
+        clf = self.head.clf
+        # The positional table's row indices are computed from the input's shape alone, not from its data, so
+        # ONNX Runtime may run their Gather before the guard: an input 2x too long then failed there ("indices
+        # element out of data bounds"). A zero that exists only once the guard has run (the sum of an empty
+        # slice of its output: 0 for any samples, NaN included) is added to those indices, so every node that
+        # reads the table waits for the guard.
+        clf.after_guard = wave[:, :0].sum().to(torch.long)  # () int64, always 0
+        try:
+            spec = self.frontend(wave)  # (B, M, T)
+            # whole patches only, T -> p * (T // p): as a gather, not a slice or a view, so that export does not
+            # specialize on whether T is a multiple of p (where the slice would be a no-op)
+            p = clf.config.patch_size
+            cols = torch.arange(spec.shape[2] // p * p, device=spec.device)
+            return self.head(spec.index_select(2, cols))  # (B, M, p * (T // p))
+        finally:
+            clf.after_guard = None
 
 
 def _export_class(cls: type) -> type:
@@ -106,6 +117,9 @@ def _export_class(cls: type) -> type:
     a patch-column count that is itself a floor division of the waveform length (it cannot, and would refuse)."""
 
     class Export(cls):
+        # set by WaveformModel while it runs: () int64 zero computed from the guard's output (see its forward)
+        after_guard: torch.Tensor | None = None
+
         def encoder_pos(self, grid: tuple[int, int]) -> torch.Tensor:
             gf, gt = grid
             if gf != self.config.grid_f:
@@ -113,6 +127,8 @@ def _export_class(cls: type) -> type:
             i = torch.arange(gf * gt, device=self.pos_embed.device)  # (L,) token index, row-major over (gf, gt)
             row = i // gt
             ids = 1 + row * self.config.grid_t + (i - row * gt)  # its row in the table (1 + gf * grid_t, D)
+            if self.after_guard is not None:
+                ids = ids + self.after_guard  # + 0: orders the table's Gather after the length guard
             return torch.cat([self.pos_embed[:, :1], self.pos_embed.index_select(1, ids)], dim=1)  # (1, 1+L, D)
 
     Export.__name__ = Export.__qualname__ = f"Export{cls.__name__}"

@@ -33,6 +33,7 @@ from maskspec_fast.frontend.dft_logmel import DFTLogMel
 ROOT = Path(__file__).resolve().parents[1]
 GRID_T = 8  # 128 frames: 9921 .. 45760 samples (0.31 .. 1.43 s)
 RTOL = 1e-4
+TOO_LONG = (1.01, 2, 100)  # x max_samples: the guard used to fire only within one spare column (~5k samples)
 
 
 def make_clf(pool: str = "mean") -> Classifier:
@@ -134,8 +135,9 @@ def test_torch_export_waveform_program_matches_pipeline():
     for w in _waves(lo, hi):
         with torch.no_grad():
             _close(prog(w).numpy(), _pipeline(clf, w, "embedding"), f"export {tuple(w.shape)}")
-    with pytest.raises((AssertionError, RuntimeError), match="(?i)guard|range|size|shape"):
-        prog(torch.randn(1, hi + 1))
+    for n in (hi + 1, *(int(f * hi) for f in TOO_LONG)):
+        with pytest.raises((AssertionError, RuntimeError), match=f"(?i)guard failed.*<= {hi}"):
+            prog(torch.zeros(1, n))
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +191,9 @@ def test_onnx_waveform_out_of_range_fails_loudly_and_nan_stays_in_its_row(cli_ex
     clf, path = cli_export
     lo, hi = waveform_limits(clf.config)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception, match=f"at_most_{hi}_samples"):  # the named guard node, before the front end
-        sess.run(None, {"wave": np.zeros((1, hi + 1), np.float32)})
+    for n in (hi + 1, *(int(f * hi) for f in TOO_LONG)):  # the named guard node fails, whatever the excess
+        with pytest.raises(Exception, match=f"at_most_{hi}_samples"):
+            sess.run(None, {"wave": np.zeros((1, n), np.float32)})
     with pytest.raises(Exception, match="(?i)division by zero|invalid|dimension"):  # under one patch column
         sess.run(None, {"wave": np.zeros((1, 4000), np.float32)})  # 13 frames
     w = np.random.default_rng().standard_normal((3, lo + 1000)).astype(np.float32)
@@ -198,6 +201,24 @@ def test_onnx_waveform_out_of_range_fails_loudly_and_nan_stays_in_its_row(cli_ex
     out = sess.run(None, {"wave": w})[0]
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()  # a NaN clip is visibly NaN, alone
     _close(out[[0, 2]], _pipeline(clf, torch.from_numpy(w[[0, 2]]), "embedding"), "rows beside a NaN row")
+
+
+def test_onnx_waveform_guard_precedes_every_node_that_reads_weights_or_samples(cli_export):
+    """Before the length guard only shape arithmetic may run (Shape, Range, integer math, Concat of shapes): every
+    node that reads a weight or the samples (the positional table's Gather did not, and failed first for inputs
+    2x too long) depends on the guard's output, so ONNX Runtime cannot schedule it earlier."""
+    import onnx
+
+    g = onnx.load(str(cli_export[1])).graph
+    guard = next(n for n in g.node if n.name.startswith("input_wave_must_have_at_most_"))
+    after = set(guard.output)
+    unguarded = []
+    for n in g.node:  # in topological order
+        if any(i in after for i in n.input):
+            after.update(n.output)
+        elif n is not guard and n.op_type in ("Gather", "GatherElements", "Expand", "Conv", "MatMul", "Pad"):
+            unguarded.append(f"{n.op_type} {n.name}")
+    assert unguarded == []
 
 
 # the docs script must run where torch cannot be imported (a runtime-only machine)
@@ -246,3 +267,26 @@ def test_docs_script_refuses_bad_files(cli_export, tmp_path):
     sf.write(tmp_path / "nan.wav", bad, 32000, subtype="FLOAT")
     r = _docs_script(str(model), str(tmp_path / "nan.wav"))
     assert r.returncode == 2 and "1 NaN/Inf samples" in r.stderr
+
+
+def test_docs_script_refuses_unreadable_files_in_one_line(cli_export, tmp_path):
+    """A 0-byte or corrupt audio file, and a 0-byte or corrupt model, are one error line (exit 2), no traceback."""
+    _, model = cli_export
+    good_wav = tmp_path / "ok.wav"
+    import soundfile as sf
+
+    sf.write(good_wav, recording(32000, 32000, 0), 32000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    cases = [(model, tmp_path / "empty.wav", "cannot be read as audio"),
+             (model, tmp_path / "junk.wav", "cannot be read as audio"),
+             (tmp_path / "empty.onnx", good_wav, "not a readable ONNX model"),
+             (tmp_path / "junk.onnx", good_wav, "not a readable ONNX model")]
+    for onnx_file, audio, want in cases:
+        r = _docs_script(str(onnx_file), str(audio))
+        bad = audio if "audio" in want else onnx_file
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert lines[0].startswith(f"error: {bad}: {want} ("), lines

@@ -24,6 +24,8 @@ from maskspec_fast.train.checkpoint import checkpoint_nonfinite, list_checkpoint
 from maskspec_fast.train.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# --workers 0: these faults are the trainer's and the checkpoints', not the loader's; a worker process would only add
+# its start-up time to every run
 BASE = ["pretrain", "--data", "synthetic:24", "--batch-size", "4", "--warmup-steps", "1", "--workers", "0",
         *SMALL, *DECODER, *TINY_CLIPS]
 # lr 1e4 in fp32: step 1 is finite, its Adam update moves the weights by ~1e4, and step 2's loss is finite (~3e19)
@@ -48,33 +50,93 @@ def _all_checkpoints_finite(out: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- non-finite rule
+def _advice(err: str) -> tuple[list[dict], Path | None]:
+    """The checkpoints a non-finite stop lists (name, loss, problem) and the folder its advice resumes from."""
+    import re
+
+    listed = [{"name": m[0], "loss": float(m[1]), "problem": m[2]}
+              for m in re.findall(r"(step_\d{8}) \(loss ([-+.\deinf]+)(?:, ([^()]*?))?\)", err)]
+    where = re.search(r"--resume (\S+?);", err)
+    return listed, Path(where.group(1)) if where else None
+
+
 @pytest.mark.parametrize("keep", [1, 3])
-def test_a_blown_up_lr_stops_before_the_update_and_names_a_finite_checkpoint(tmp_path, capsys, keep):
+def test_a_blown_up_lr_names_no_checkpoint_when_each_one_diverged_and_starting_again_continues(tmp_path, capsys,
+                                                                                                keep):
+    """lr 1e4: the one checkpoint (step 1) is finite, but step 2 ran on its weights with a loss of ~3e19 and a
+    non-finite gradient norm: resuming from it repeated the same stop at any lr. It is named as diverged, and the
+    advice is to start again with a lower --lr; following it, the run gets past step 2."""
     out = tmp_path / "run"
     args = [*BLOWUP, "--steps", "6", "--keep", str(keep), "--out", str(out)]
     assert main(args) == 3
     err = _error_line(capsys)
-    assert "non-finite gradient norm" in err and "at step 1;" in err, err
-    assert f"last good checkpoint: {out / 'checkpoints' / 'step_00000001'}" in err, err
+    assert "non-finite gradient norm" in err and "at step 2;" in err, err
+    assert f"no good checkpoint exists in {out / 'checkpoints'}" in err, err
+    listed, where = _advice(err)
+    assert [c["name"] for c in listed] == ["step_00000001"] and where is None, err
+    assert listed[0]["problem"] == "diverged, step 2 failed on these weights" and listed[0]["loss"] > 1e10, err
+    assert "start again with an --lr below 1e+04" in err, err
     assert _all_checkpoints_finite(out) == ["step_00000001"]  # the poisoned update was never applied nor saved
     rows = read_log(out / "log.csv")
-    assert [r["step"] for r in rows] == ["1"] and float(rows[0]["grad_norm"]) == float(rows[0]["grad_norm"])
-    # --resume auto continues from the good checkpoint and stops at the same place, naming it again
-    assert main([*args, "--resume", "auto"]) == 3
-    captured = capsys.readouterr()
-    assert f"resumed from {out / 'checkpoints' / 'step_00000001'} at step 1" in captured.out
-    assert "step_00000001" in captured.err and _all_checkpoints_finite(out) == ["step_00000001"]
+    assert [r["step"] for r in rows] == ["1"]  # the message's step 2 is the row the failed step would have been
+    # --resume auto no longer takes the diverged checkpoint (the stop marked it): it starts again
+    from maskspec_fast.train.checkpoint import last_good_checkpoint
+
+    assert last_good_checkpoint(out) is None
+    # the advice: start again with a lower lr
+    assert main([*BASE, "--steps", "6", "--keep", str(keep), "--save-every", "1", "--lr", "1e-3", "--out",
+                 str(out)]) == 0
+    assert [r["step"] for r in read_log(out / "log.csv")] == [str(i) for i in range(1, 7)]
 
 
-def test_skip_nonfinite_stops_after_the_cap_of_consecutive_skips(tmp_path, capsys):
-    """Before the fix this run never ended: the inf update was applied, then every loss was NaN and skipped."""
+def test_a_diverged_checkpoint_is_not_good_and_resuming_from_the_named_one_continues(tmp_path, capsys):
+    """A healthy run (lr 1e-3) continued with --lr 1e4: step 5's update blows the weights up; checkpoint
+    step_00000005 is finite, but step 6 ran on it with a loss of ~1e19 (and a non-finite gradient norm), so
+    resuming from it repeated the stop whatever the lr. The message says the loss diverged, lists the checkpoints
+    with the loss on their weights and names step_00000004; following it, --resume THAT --lr 1e-3, the run goes
+    past step 6 to the end. (A blow-up from scratch is chaotic for a few steps, its step of Inf depends on the
+    rounding of each kernel; one update at lr 1e4 is not.)"""
     out = tmp_path / "run"
-    args = [*BLOWUP, "--steps", "6", "--skip-nonfinite", "--max-nonfinite-skips", "3", "--out", str(out)]
-    assert main(args) == 3
+    # --save-every 1: a checkpoint at every step, so the one the failing step ran on and the ones before it exist
+    args = [*BASE, "--lr", "1e-3", "--save-every", "1", "--out", str(out)]
+    assert main([*args, "--steps", "4"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--steps", "8", "--resume", "auto", "--lr", "1e4"]) == 3
     err = _error_line(capsys)
-    assert "4 consecutive non-finite steps, more than --max-nonfinite-skips 3" in err, err
-    assert "last good checkpoint" in err and "step_00000001" in err, err
-    assert _all_checkpoints_finite(out) == ["step_00000001"]
+    assert "non-finite gradient norm" in err and " at step 6;" in err, err
+    assert "the loss diverged (above 100x the start loss)" in err and "an --lr below 1e+04" in err, err
+    assert [r["step"] for r in read_log(out / "log.csv")] == ["1", "2", "3", "4", "5"]  # step 6 = the next row
+    listed, where = _advice(err)
+    start = float(read_log(out / "log.csv")[0]["loss"])
+    assert where == out / "checkpoints" / "step_00000004", err
+    assert [c["name"] for c in listed] == ["step_00000003", "step_00000004", "step_00000005"], err  # --keep 3
+    assert all(not c["problem"] and c["loss"] < 10 * start for c in listed[:2]), err
+    assert listed[2]["problem"] == "diverged, step 6 failed on these weights" and listed[2]["loss"] > 1e6, err
+    assert _all_checkpoints_finite(out)[-1] == "step_00000005"  # finite, yet not good
+    from maskspec_fast.train.checkpoint import last_good_checkpoint
+
+    assert last_good_checkpoint(out) == where  # --resume auto agrees with the advice now
+    # the advice, literally: --resume THAT, with a lower --lr
+    assert main([*args, "--steps", "8", "--resume", str(where), "--lr", "1e-3"]) == 0
+    assert f"resumed from {where} at step 4" in capsys.readouterr().out
+    rows = read_log(out / "log.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert all(float(r["loss"]) < 10 * start and float(r["grad_norm"]) < float("inf") for r in rows)
+    assert _all_checkpoints_finite(out)[-1] == "step_00000008"
+
+
+def test_keep_spares_the_newest_good_checkpoint_and_a_resumed_run_drops_the_abandoned_ones(tmp_path):
+    from maskspec_fast.train.checkpoint import save_checkpoint
+
+    m = Model(ModelConfig(**TINY_CFG))
+    good = tmp_path / "checkpoints" / "step_00000001"
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, m, {"step": step}, keep=2, protect=good)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000003", "step_00000004"]
+    # resumed from step 1 (e.g. as a diverged run's message advised): its step-2 save removes 3 and 4, the
+    # continuation it abandoned, so --keep counts this run's checkpoints
+    save_checkpoint(tmp_path, 2, m, {"step": 2}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001", "step_00000002"]
 
 
 def test_no_checkpoint_yet_says_that_none_exists(tmp_path, capsys):
@@ -151,7 +213,8 @@ def test_a_nonfinite_gradient_with_a_finite_loss_is_never_applied(tmp_path, accu
     assert all(float(r["grad_norm"]) < float("inf") for r in rows) and rows[-1]["nonfinite"] == "2"
     _all_checkpoints_finite(tmp_path / "skip")
     seen.update(calls=0, weights=[])
-    with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(.*loss .*\) at step 2; last good checkpoint"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite gradient norm \(.*loss .*\) at step 3; no good checkpoint exists .*step_00000002 "
+                                            r"\(loss .*, step 3 failed on these weights\)"):
         _train_in_process(tmp_path / "stop", Spiky(Model(ModelConfig(**TINY_CFG))), accum_steps=accum)
 
 
@@ -163,7 +226,7 @@ def test_nonfinite_losses_in_a_row_stop_at_the_cap(tmp_path):
         def loss(self, net, spec, labels, **extras):
             return super().loss(net, spec, labels, **extras) * float("nan")
 
-    with pytest.raises(NonFiniteLoss, match=r"at step 0: 6 consecutive non-finite steps, more than "
+    with pytest.raises(NonFiniteLoss, match=r"at step 1: 6 consecutive non-finite steps, more than "
                                             r"--max-nonfinite-skips 5; no good checkpoint exists"):
         _train_in_process(tmp_path, AlwaysNaN(Model(ModelConfig(**TINY_CFG))), skip_nonfinite=True,
                           max_nonfinite_skips=5)
@@ -214,26 +277,40 @@ def test_fp16_overflow_is_left_to_the_grad_scaler(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ full disk
-def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_older_checkpoints(tmp_path):
-    """A real full disk: a 3 MiB tmpfs (mounted in a user + mount namespace) holds the first checkpoint, the
+def _namespace_for_a_tmpfs() -> list[str] | str:
+    """The command prefix that runs a shell in a private mount namespace where it may mount a tmpfs (root: a
+    plain mount namespace; others: a user + mount namespace), or why there is none."""
+    if not shutil.which("unshare"):
+        return "unshare is not installed"
+    prefix = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    p = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    return prefix if p.returncode == 0 else f"{' '.join(prefix)} is refused here ({p.stderr.strip()})"
+
+
+# A checkpoint of this run is ~2.33 MB: model.safetensors 0.77 MB + trainer.pt 1.56 MB. In 3 MB the second
+# checkpoint's safetensors file runs out of space; in 3.7 MB it fits, and torch's writer of trainer.pt runs out
+# (it used to report "unexpected pos 633088 vs 632976" instead of a full disk).
+@pytest.mark.parametrize("size, writer", [("3m", "safetensors"), ("3700k", "torch.save")])
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_older_checkpoints(tmp_path, size, writer):
+    """A real full disk: a small tmpfs (mounted in a private mount namespace) holds the first checkpoint, the
     second does not fit."""
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
-        pytest.skip("unprivileged user namespaces (unshare -rm) are not available here; "
-                    "test_a_failed_save_removes_its_temporary_directory covers the clean-up")
+    prefix = _namespace_for_a_tmpfs()
+    if isinstance(prefix, str):
+        pytest.skip(f"{prefix}; test_a_torch_writer_failure_on_a_full_disk_says_so covers the message mapping")
     out, kept = tmp_path / "small_disk", tmp_path / "copy"
     out.mkdir()
     run = [sys.executable, "-m", "maskspec_fast.train", *BASE, "--lr", "1e-3", "--steps", "6", "--save-every", "2",
            "--out", str(out)]
-    script = (f"mount -t tmpfs -o size=3m tmpfs {out} || exit 99; {' '.join(map(str, run))}; rc=$?; "
+    script = (f"mount -t tmpfs -o size={size} tmpfs {out} || exit 99; {' '.join(map(str, run))}; rc=$?; "
               f"cp -a {out} {kept}; exit $rc")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    p = subprocess.run([*prefix, "sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     if p.returncode == 99:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {p.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     err = p.stderr.strip().splitlines()
     assert p.returncode == 4, p.stderr[-2000:]
     assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
-    assert str(out / "checkpoints") in err[0] and "no space left on device" in err[0], err
+    assert err[0] == f"error: {out / 'checkpoints'}: cannot write checkpoint step_00000004: no space left on device", err
     names = sorted(q.name for q in (kept / "checkpoints").iterdir())
     assert names == ["step_00000002"], names  # no partial .tmp_* left; the earlier checkpoint whole
     assert checkpoint_nonfinite(kept / "checkpoints" / "step_00000002") == []
@@ -258,6 +335,35 @@ def test_a_failed_save_removes_its_temporary_directory(tmp_path, monkeypatch):
     with pytest.raises(CheckpointWriteError, match="cannot write checkpoint step_00000002: no space left on device"):
         checkpoint.save_checkpoint(tmp_path, 2, m, {"step": 2})
     assert sorted(q.name for q in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
+
+
+@pytest.mark.parametrize("free", [0, 10**12])
+def test_a_torch_writer_failure_on_a_full_disk_says_so(tmp_path, monkeypatch, free):
+    """torch's zip writer reports a full disk as "unexpected pos" (what a real tmpfs showed, injected here for
+    machines that cannot mount one): with no room left for the rest of trainer.pt the message says the disk is
+    full; with room left it is some other failure and keeps torch's words."""
+    from maskspec_fast.serialization import CheckpointWriteError
+    from maskspec_fast.train import checkpoint
+
+    m = Model(ModelConfig(**TINY_CFG))
+    real_save, real_statvfs = torch.save, os.statvfs
+
+    def short_write(obj, fh, *a, **k):
+        if isinstance(fh, (str, os.PathLike)) or not hasattr(fh, "name"):  # the size probe writes to memory
+            return real_save(obj, fh, *a, **k)
+        fh.write(b"PK" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 898688 vs 898576")
+
+    class Stat:
+        def __init__(self, real):
+            self.f_frsize, self.f_bavail = real.f_frsize, free // real.f_frsize
+
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda p: Stat(real_statvfs(p)))
+    want = "no space left on device" if free == 0 else r"\[enforce fail at inline_container.cc:672\] . unexpected pos"
+    with pytest.raises(CheckpointWriteError, match=f"cannot write checkpoint step_00000002: {want}"):
+        checkpoint.save_checkpoint(tmp_path, 2, m, {"step": 2, "moments": torch.zeros(1000)})
+    assert not any((tmp_path / "checkpoints").iterdir())
 
 
 # ------------------------------------------------------------------------------------ kill -9 inside a write

@@ -6,6 +6,7 @@ from .finetune import FinetuneResult, finetune
 from .loop import NonFiniteLoss, Trainer, train
 from .recipe import FinetuneRecipe
 from .state import TrainerState
+from .tasks import FinetuneTask, PretrainTask
 
-__all__ = ["FinetuneRecipe", "FinetuneResult", "NonFiniteLoss", "TrainConfig", "Trainer", "TrainerState", "finetune",
-           "train"]
+__all__ = ["FinetuneRecipe", "FinetuneResult", "FinetuneTask", "NonFiniteLoss", "PretrainTask", "TrainConfig", "Trainer",
+           "TrainerState", "finetune", "train"]

@@ -4,13 +4,14 @@ Layout: ``<out>/checkpoints/step_00000100/`` holding ``model.safetensors`` + ``c
 ``from_pretrained``) and ``trainer.pt`` (optimizer, step, sampler position, grad-scaler state, RNG states of every
 rank; read with ``weights_only=True``). A directory without the ``COMPLETE`` marker (a save that was interrupted)
 is never loaded. A state holding a NaN or Inf is never written (:func:`nonfinite_tensors` is checked first by
-:func:`~maskspec_fast.train.state.save_training`), so every checkpoint is a good one; :func:`last_good_checkpoint`
-also passes over poisoned ones that older versions wrote. A failed write (a full disk) removes its temporary
+:func:`~maskspec_fast.train.state.save_training`); :func:`last_good_checkpoint` also passes over poisoned ones that
+older versions wrote, and ones written after the loss diverged (:mod:`~maskspec_fast.train.divergence`). A failed write (a full disk) removes its temporary
 directory and raises :class:`~maskspec_fast.serialization.CheckpointWriteError`; earlier checkpoints are untouched. ``<out>/checkpoints/best/`` (same layout) holds the best model by the evaluation metric, described
 by ``<out>/best.json``; it is never pruned by ``keep``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -56,9 +57,13 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 3,
     name: str | None = None,
+    protect: Path | None = None,
 ) -> Path:
     """Write ``checkpoints/<name>`` (default ``step_XXXXXXXX``) atomically and keep the newest ``keep`` step
-    checkpoints (``best`` and other named ones are not counted or pruned).
+    checkpoints (``best`` and other named ones are not counted or pruned), and ``protect`` besides (the newest
+    one a diverging run could continue from: when the loss climbs slowly, the newest ``keep`` may all be
+    diverged). Step checkpoints past ``step`` are removed: they belong to a continuation that this run, resumed
+    from an earlier checkpoint, has abandoned (as its rows of ``log.csv`` are).
 
     Why a temporary directory + rename: a process killed mid-save leaves only a ``.tmp_*`` directory without the
     ``COMPLETE`` marker, which nothing loads; the previous checkpoint of the same name is replaced only when the
@@ -73,10 +78,15 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         model.save_pretrained(tmp)
-        # through a Python file object: a full disk then raises OSError(ENOSPC), where torch's own file writer
-        # only reports "unexpected pos"
-        with open(tmp / "trainer.pt", "wb") as fh:
-            torch.save(trainer_state, fh)
+        try:
+            with open(tmp / "trainer.pt", "wb") as fh:
+                torch.save(trainer_state, fh)
+        except RuntimeError as e:
+            # torch's zip writer reports a short write on a full disk as "unexpected pos A vs B", not as ENOSPC
+            # (even through a Python file object): ask the file system whether the rest would have fitted
+            if _out_of_space(tmp / "trainer.pt", trainer_state):
+                raise OSError(errno.ENOSPC, f"No space left on device ({_first_line(e)})") from e
+            raise
         (tmp / COMPLETE).write_text(str(step))
     except (OSError, RuntimeError) as e:  # half a checkpoint is never left behind, older ones stay as they were
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,12 +99,36 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    for stale in list_checkpoints(out)[:-keep] if keep > 0 else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    steps = list_checkpoints(out)
+    abandoned = [p for p in steps if int(p.name.split("_")[1]) > step] if name.startswith("step_") else []
+    kept = [p for p in steps if p not in abandoned]
+    for stale in [*abandoned, *(kept[:-keep] if keep > 0 else [])]:
+        if protect is None or stale.resolve() != Path(protect).resolve():
+            shutil.rmtree(stale, ignore_errors=True)
     for debris in [*ckpt_root.glob(".tmp_*"), *ckpt_root.glob(".old_*")]:  # left by a process killed mid-save
         if not debris.name.endswith(f"_{os.getpid()}"):
             shutil.rmtree(debris, ignore_errors=True)
     return final
+
+
+def _out_of_space(partial: Path, obj: Any) -> bool:
+    """Whether writing ``obj`` to ``partial`` (a file a failed ``torch.save`` left) failed for want of space: the
+    bytes still missing (``obj``'s serialized size minus what ``partial`` holds) plus one file-system block exceed
+    the space left. False when that cannot be told (``obj`` does not serialize, the folder is gone)."""
+    import io
+
+    try:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        written = partial.stat().st_size if partial.exists() else 0
+        fs = os.statvfs(partial.parent)
+    except (OSError, RuntimeError):
+        return False
+    return fs.f_bavail * fs.f_frsize < buf.tell() - written + fs.f_frsize
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -140,12 +174,13 @@ def optimizer_tensors(state: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(f"optimizer.{i}.{k}", v) for i, st in state.get("state", {}).items() for k, v in st.items()]
 
 
-def checkpoint_nonfinite(path: Path) -> list[str]:
-    """The non-finite tensors of a complete checkpoint directory (model weights and optimizer state)."""
+def checkpoint_nonfinite(path: Path, blob: dict[str, Any] | None = None) -> list[str]:
+    """The non-finite tensors of a complete checkpoint directory (model weights and optimizer state); ``blob``: its
+    ``trainer.pt`` when already read."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    blob = load_trainer_state(path)
+    blob = load_trainer_state(path) if blob is None else blob
     weights = path / "model.safetensors"
     try:
         model = load_file(str(weights))
@@ -155,15 +190,28 @@ def checkpoint_nonfinite(path: Path) -> list[str]:
 
 
 def last_good_checkpoint(out: Path, log: Any = None) -> Path | None:
-    """The newest complete step checkpoint whose weights and optimizer state are all finite (what ``--resume
-    auto`` continues from). Poisoned ones (written by versions that did not check) are passed over, with a note
-    to ``log``; an unreadable or hostile one is a :class:`CheckpointError`, never skipped silently."""
+    """The newest complete step checkpoint the run can continue from (what ``--resume auto`` takes): its weights
+    and optimizer state all finite, not marked diverged by a stopped run, and its own logged loss not diverged
+    (:mod:`~maskspec_fast.train.divergence`). The others are passed over with a note to ``log``; an unreadable or
+    hostile one is a :class:`CheckpointError`, never skipped silently."""
+    from .divergence import MARKER, diverged
+
+    note = log if log is not None else (lambda *a: None)
     for path in reversed(list_checkpoints(out)):
-        bad = checkpoint_nonfinite(path)
-        if not bad:
-            return path
-        if log is not None:
-            log(f"warning: {path} holds non-finite values ({len(bad)} tensors, e.g. {bad[0]}); passed over")
+        if (path / MARKER).is_file():
+            note(f"warning: {path} was rejected when the run stopped ({(path / MARKER).read_text().strip()}); "
+                 "passed over")
+            continue
+        blob = load_trainer_state(path)
+        bad = checkpoint_nonfinite(path, blob)
+        if bad:
+            note(f"warning: {path} holds non-finite values ({len(bad)} tensors, e.g. {bad[0]}); passed over")
+            continue
+        if diverged(blob.get("loss"), blob.get("start_loss")):
+            note(f"warning: {path} was written after the loss diverged (loss {blob['loss']:.4g}, start loss "
+                 f"{blob['start_loss']:.4g}); passed over")
+            continue
+        return path
     return None
 
 

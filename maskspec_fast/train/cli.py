@@ -26,14 +26,17 @@ EXAMPLES = """examples:
   python -m maskspec_fast.train eval --checkpoint runs/ft/final --data synthetic:400:seed=2
   # the fine-tuning recipe of the paper (SpecAugment, mixup, patchout, best checkpoint by eval accuracy)
   python -m maskspec_fast.train finetune --init runs/pt/final --data esc50:ESC-50:folds=1,2,3,4 \\
-      --eval-data esc50:ESC-50:folds=5 --eval-every 200 --freq-mask 48 --time-mask 192 --mixup 0.3 --patchout 40
+      --eval-data esc50:ESC-50:folds=5 --eval-every 200 --pool mean --head-init zero --no-refit-head \\
+      --layer-decay 0.75 --drop-path 0.1 --freq-mask 48 --time-mask 192 --mixup 0.3 --patchout 200 \\
+      --label-smoothing 0.1
   # several processes (DDP; NCCL on GPUs, Gloo on CPU): --batch-size is the GLOBAL batch, split over processes
   torchrun --nproc_per_node 8 -m maskspec_fast.train pretrain --data folder:audio --batch-size 512 --out runs/pt
 data specs: synthetic:N[:seed=S] | folder:DIR | classes:DIR | esc50:DIR[:folds=1,2,3] | manifest:FILE(.csv|.jsonl)
-  | hdf5:FILE[,FILE] | webdataset:'DIR/shard-{000000..000099}.tar' (streamed) | hf:DIR  (issue 15; prepare shards
-  once with: python -m maskspec_fast.data prepare SRC_SPEC OUT_DIR)
+  | hdf5:FILE[,FILE] | webdataset:'DIR/shard-{000000..000099}.tar' (streamed) | hf:DIR  (prepare shards once
+  with: python -m maskspec_fast.data prepare SRC_SPEC OUT_DIR)
 exit status: 0 done, 2 bad input (one line naming the file and the problem), 3 a non-finite loss / gradient norm /
-  state (the line names the last good checkpoint), 4 a checkpoint could not be written (e.g. disk full)
+  state (the line names the checkpoint to continue from: not one written after the loss diverged; then with
+  --resume CHECKPOINT and a lower --lr), 4 a checkpoint could not be written (e.g. disk full)
 resume: --resume auto continues from the newest good checkpoint in --out (model, optimizer, lr schedule,
   grad scaler, data position, RNG states; the torch front end resumes mid-epoch exactly, the DALI front end
   re-decodes the used part of the current epoch to reach the same position)
@@ -44,8 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="training (or evaluation) data spec, see below")
     g.add_argument("--clip-seconds", type=float, default=None,
-                   help="clip length in seconds (default: 2.56 for synthetic:, 5 for esc50:, 10 otherwise); "
-                        "shorter files are zero-padded (the run warns when padding exceeds 25 %% of the audio)")
+                   help="clip length in seconds (default: finetune --init: the checkpoint's frames; else 2.56 for "
+                        "synthetic:, 5 for esc50:, 10 otherwise); shorter files are zero-padded (the run warns when "
+                        "padding exceeds 25 %% of the audio)")
     g.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     g.add_argument("--skip-bad-files", action="store_true",
                    help="replace corrupt/unreadable files by other clips and count them instead of stopping")
@@ -221,11 +225,17 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def _device(name: str) -> torch.device:
+    """The device ``--device`` names; ValueError (exit 2, one line) for one this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(name)
+    try:
+        d = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not a device name (auto, cpu, cuda or cuda:N)") from e
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return d
 
 
@@ -272,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = _device(args.device)
+    try:
+        device = _device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     info = init_distributed(device.type)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)  # one GPU per process
@@ -329,11 +343,10 @@ def _pretrain(args, device, con: Console) -> int:
             f"{config.num_patches} patches, {sum(p.numel() for p in model.parameters())/1e6:.1f}M params")
     jitter = (0.0, 0.0) if args.no_mel_jitter else (9.0, 1000.0)
     frontend = LogMel(fmin_jitter=jitter[0], fmax_jitter=jitter[1])
-    con.write_json(Path(run.out) / "config.json", {
-        "command": "pretrain", "argv": sys.argv[1:], "data": args.data, "clips": len(ds), "train": run.to_dict(),
-        "model": config.to_dict(), "masks_per_clip": args.masks_per_clip, "mel_jitter_hz": list(jitter)})
+    settings = {"command": "pretrain", "argv": sys.argv[1:], "data": args.data, "masks_per_clip": args.masks_per_clip,
+                "mel_jitter_hz": list(jitter)}
     result = train(PretrainTask(model, args.masks_per_clip), ds, run, frontend.to(device), device, log=con.say,
-                   dist_info=con.info)
+                   dist_info=con.info, settings=settings)
     first, last = _mean(result["losses"][:10]), _mean(result["losses"][-10:])
     con.say(f"pre-training done: {result['steps']} steps in {result['seconds']:.0f} s; "
             f"loss {first:.4f} (first 10) -> {last:.4f} (last 10); saved {result['final']}")
@@ -356,6 +369,30 @@ def recipe_from_args(args: argparse.Namespace) -> FinetuneRecipe:
     return FinetuneRecipe().replace(**given)
 
 
+def _clip_from_checkpoint(args, con: Console, source):
+    """``finetune --init``: the clip length is the checkpoint's (its ``config.frames``), not the data set's default.
+    When the data's default clips give other frames, the data are built again with ``frames * hop / rate``
+    seconds (the shortest clips that give those frames; a default that gives the same frames, e.g. 10 s for a
+    992-frame model, is kept). An explicit ``--clip-seconds`` wins; when it gives other frames, one line says so
+    (the positional table is then cropped or interpolated to the new grid). Returns the source to train on."""
+    from ..frontend.constants import HOP_LENGTH
+    from ..hub import resolve_pretrained
+    from ..serialization import CONFIG_NAME, config_from_meta
+
+    cfg_file = resolve_pretrained(args.init) / CONFIG_NAME
+    ck_frames = config_from_meta(cfg_file, _checkpoint_meta(args.init)).frames
+    frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
+    if frames == ck_frames:
+        return source
+    if args.clip_seconds is None:
+        args.clip_seconds = ck_frames * HOP_LENGTH / SAMPLE_RATE
+        return _dataset(args.data, args, train=True)
+    con.say(f"note: --clip-seconds {args.clip_seconds:g} gives {frames} frames, {args.init} was trained on "
+            f"{ck_frames} ({ck_frames * HOP_LENGTH / SAMPLE_RATE:g} s): its positional table is "
+            f"{'cropped' if frames < ck_frames else 'interpolated'} to the new length")
+    return source
+
+
 def _finetune(args, device, con: Console) -> int:
     """Fine-tune by :func:`maskspec_fast.train.finetune.finetune` with the recipe plus the options given."""
     from ..data.spec import require_labels
@@ -364,6 +401,8 @@ def _finetune(args, device, con: Console) -> int:
     from .finetune import finetune
 
     source = _dataset(args.data, args, train=True)
+    if args.init:
+        source = _clip_from_checkpoint(args, con, source)
     require_labels(source, args.data)
     recipe = recipe_from_args(args)
     frames = model_frames(round(source.clip_seconds * SAMPLE_RATE))
@@ -402,6 +441,9 @@ def _eval(args, device, con: Console) -> int:
     from ..model import Classifier
     from .evaluation import describe, evaluate
 
+    if _checkpoint_meta(args.checkpoint).get("model_type") == "pretrain":
+        raise ValueError(f"{args.checkpoint}: a pre-training checkpoint (no classifier head): fine-tune it first, "
+                         f"e.g. python -m maskspec_fast.train finetune --init {args.checkpoint} --data ...")
     clf = Classifier.from_pretrained(args.checkpoint, fused=args.fused).to(device)
     ds = _dataset(args.data, args, train=False)
     if ds.num_classes != clf.num_classes:
@@ -422,6 +464,14 @@ def _eval(args, device, con: Console) -> int:
                 + (f" (listed in {Path(args.out) / 'bad_files.csv'})" if args.out else
                    ": " + "; ".join(f"{p}: {why}" for p, why in metrics["bad_files"][:5])))
     return 0
+
+
+def _checkpoint_meta(checkpoint: str) -> dict:
+    """``config.json`` of a save_pretrained directory or hub id, checked (a malformed one names the file)."""
+    from ..hub import resolve_pretrained
+    from ..serialization import CONFIG_NAME, read_meta
+
+    return read_meta(resolve_pretrained(checkpoint) / CONFIG_NAME)
 
 
 def _mean(xs: list[float]) -> float:

@@ -28,7 +28,8 @@ class TrainConfig:
     clipped to norm ``clip_grad`` (0: off).
 
     Non-finite steps: a step whose loss or gradient norm is NaN/Inf is never applied. The run stops there,
-    naming the last good checkpoint; with ``skip_nonfinite`` the batch is skipped and counted instead, until
+    naming the checkpoint it can continue from (not one written after the loss diverged, nor the one the failing
+    step ran on: :mod:`maskspec_fast.train.divergence`); with ``skip_nonfinite`` the batch is skipped and counted instead, until
     more than ``max_nonfinite_skips`` steps in a row were skipped (then it stops the same way: weights or
     data that give only non-finite steps never recover by skipping). Under fp16 an overflowing gradient is
     left to the grad scaler (it skips that update and lowers its scale), not counted.

@@ -19,12 +19,15 @@ Steps (each a rule of the recipe, applied in this order):
    AdamW(recipe betas, weight decay), warm-up + cosine, evaluating the validation split every
    ``eval_every_epochs`` (the start included) and stopping after ``patience`` evaluations without improvement.
 5. The best validation checkpoint is loaded; with ``refit_head`` its head is refitted on ALL training clips.
-6. ``out/final`` holds the model; ``out/config.json`` the resolved settings (recipe, schedule, trainer config).
+6. ``out/final`` holds the model; ``out/config.json`` the resolved settings (recipe, the schedule that runs, trainer
+   config).
+
+Batch size: the recipe's, unless ``run`` (a :class:`TrainConfig`) gives one other than its default 32: that one
+wins (the schedule is computed from it); both given and different is a ``ValueError``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +69,22 @@ class FinetuneResult:
     def selected_step(self) -> int:
         """The step of the model that was kept (the last step when nothing was selected)."""
         return int(self.best["step"]) if self.best else self.steps
+
+
+_DEFAULT_BATCH = TrainConfig.__dataclass_fields__["batch_size"].default
+_RECIPE_BATCH = recipes.FinetuneRecipe.__dataclass_fields__["batch_size"].default
+
+
+def _batch_size(recipe: recipes.FinetuneRecipe, run: TrainConfig) -> recipes.FinetuneRecipe:
+    """The recipe with the run's batch size when the ``TrainConfig`` sets one (other than its default): an
+    explicit ``TrainConfig(batch_size=...)`` wins, and the schedule (epochs -> steps) is computed from it. Both
+    set, to different values, is refused in one line (which one was meant cannot be told)."""
+    if run.batch_size == _DEFAULT_BATCH or run.batch_size == recipe.batch_size:
+        return recipe
+    if recipe.batch_size != _RECIPE_BATCH:
+        raise ValueError(f"TrainConfig(batch_size={run.batch_size}) and FinetuneRecipe(batch_size="
+                         f"{recipe.batch_size}) disagree: set one of them")
+    return recipe.replace(batch_size=run.batch_size)
 
 
 def train_config_for(recipe: recipes.FinetuneRecipe, schedule: recipes.Schedule, run: TrainConfig, *,
@@ -130,6 +149,7 @@ def finetune(
     """
     recipe = recipe or recipes.FinetuneRecipe()
     run = run or TrainConfig(out="runs/finetune")
+    recipe = _batch_size(recipe, run)
     device = torch.device(device)
     info = dist_info or DistInfo()
     if eval_every and eval_source is None:
@@ -154,15 +174,16 @@ def finetune(
         f"{len(fit)}, validation {len(val) if val is not None else 0} (val_fraction {recipe.val_fraction:g}, "
         f"stratified by class); {config.steps} steps (warm-up {config.warmup_steps}, {schedule.steps_per_epoch} "
         f"per epoch), peak lr {config.peak_lr():.3g}, betas {config.betas}, patchout {clf.patchout}")
-    settings = {"recipe": dataclasses.asdict(recipe), "schedule": dataclasses.asdict(schedule),
+    # what runs: --steps / --warmup-steps / eval_every override the recipe's schedule
+    ran = dataclasses.replace(schedule, steps=config.steps, warmup_steps=config.warmup_steps,
+                              eval_every=config.eval_every, patience=config.patience)
+    settings = {"recipe": dataclasses.asdict(recipe), "schedule": dataclasses.asdict(ran),
+                "epochs": config.steps / schedule.steps_per_epoch,
                 "train": config.to_dict(), "model": clf.config.to_dict(), "num_classes": clf.num_classes,
                 "patchout": clf.patchout, "clips": {"train": len(source), "fit": len(fit),
                                                     "val": len(val) if val is not None else 0},
                 **(extra_settings or {})}
     out = Path(config.out)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(settings, indent=2, default=str))
     single = not source.multilabel
     resuming = bool(config.resume) and (config.resume != "auto" or latest_checkpoint(out) is not None)
     if recipe.head_init == "probe" and single and not resuming:  # a resumed run restores its trained head
@@ -171,7 +192,8 @@ def finetune(
     task = FinetuneTask.from_recipe(clf, source.multilabel, recipe)
     select_on = val if val is not None else (eval_source if eval_every else None)
     evaluator = make_evaluator(select_on, device, **predict_kw) if select_on is not None else None
-    summary = train(task, fit, config, LogMel().to(device), device, log=log, dist_info=info, evaluate=evaluator)
+    summary = train(task, fit, config, LogMel().to(device), device, log=log, dist_info=info, evaluate=evaluator,
+                    settings=settings)
     best = summary.get("best")
     if best and val is not None:  # the recipe's model is the selected checkpoint
         from safetensors.torch import load_file

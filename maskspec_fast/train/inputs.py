@@ -288,8 +288,8 @@ def choose_frontend(requested: str, dataset: MapSource) -> tuple[str, str]:
     cannot run."""
     from ..frontend.dali import dali_available
 
-    if requested == "torch":
-        return "torch", "asked for (--frontend torch)"
+    if requested == "torch":  # the default of --frontend and of TrainConfig.frontend
+        return "torch", "the default --frontend torch; --frontend auto or dali to use DALI"
     ok, why = dali_available()
     files = dataset.files() is not None
     if requested == "dali":

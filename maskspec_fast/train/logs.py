@@ -40,6 +40,19 @@ class CsvLog:
         if new:
             self.writer.writeheader()
 
+    def losses(self, until: int) -> dict[int, float]:
+        """``{step: loss}`` of the rows up to step ``until`` (rows without a numeric loss are left out)."""
+        out: dict[int, float] = {}
+        with self.path.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                step = _int(r.get("step"))
+                try:
+                    if 0 < step <= until:
+                        out[step] = float(r.get("loss") or "")
+                except ValueError:
+                    pass
+        return out
+
     def write(self, row: dict[str, Any]) -> None:
         self.writer.writerow(row)
         self.fh.flush()

@@ -26,15 +26,16 @@ from tqdm import tqdm
 from ..backends import compile_module
 from ..data.interfaces import Source
 from ..frontend.logmel import LogMel
-from .checkpoint import last_good_checkpoint, write_json_atomic
+from .checkpoint import last_good_checkpoint, list_checkpoints, write_json_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, active, barrier, broadcast_object, local_rows, wrap_ddp
+from .divergence import MARKER, Verdict, judge, mark, stop_advice
 from .evaluation import Evaluator, autocast
 from .inputs import make_input
 from .logs import EVAL_FIELDS, LOG_FIELDS, CsvLog, TensorBoard, append_bad_files
 from .recipe import BestTracker
 from .schedule import make_adamw, set_lr, warmup_cosine
-from .state import NonFiniteLoss, TrainerState, last_good_note, restore_training, save_training
+from .state import NonFiniteLoss, TrainerState, restore_training, save_training
 from .tasks import Task
 
 
@@ -68,8 +69,10 @@ class Trainer:
         log: Callable[..., None] = print,
         dist_info: DistInfo | None = None,
         evaluate: Evaluator | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         self.task, self.dataset, self.config, self.frontend, self.device = task, dataset, config, frontend, device
+        self.settings = settings or {}
         self.info = info = dist_info or DistInfo()
         self.log = log if info.is_main else _quiet
         self.evaluate = evaluate
@@ -99,6 +102,7 @@ class Trainer:
         self.rows = local_rows(gb, info.rank, info.world_size)
         self.losses: list[float] = []
         self.first_step_s: float | None = None  # wall time of this run's first step (includes compiling)
+        self.loss_at: dict[int, float] = {}  # log row step -> loss (this run's steps, and log.csv's before them)
         self.evals: list[dict[str, Any]] = []  # this run's evaluations (a resumed run: those after the resume)
 
     # --- resume and save ------------------------------------------------------------------------------------------
@@ -123,12 +127,36 @@ class Trainer:
             self.log(f"warning: the checkpoint was made with --frontend {st.frontend}, resuming with "
                      f"{self.input.name}: the data order from here differs from an uninterrupted run")
         st.global_batch, st.frontend, st.world_size = self.global_batch, self.input.name, self.info.world_size
+        if (path / MARKER).is_file():  # asked for explicitly (auto passes over it): allowed, but said
+            self.log(f"warning: resuming from {path}, which a stopped run rejected "
+                     f"({(path / MARKER).read_text().strip()})")
         self.state = st
         self.log(f"resumed from {path} at step {st.step} (epoch {st.epoch}, batch {st.batch_in_epoch})")
 
     def save(self, name: str | None = None) -> None:
+        protect = None
+        if name is None and self.info.is_main:  # keep pruning off the newest checkpoint a stop could advise
+            good = [v for v in self._verdicts() if v.good]
+            protect = good[-1].path if good else None
         save_training(self.out, self.state, self.model, self.optimizer, self.scaler, self.info, self.config.keep,
-                      name=name)
+                      name=name, protect=protect)
+
+    def _verdicts(self, failing_loss: float | None = None) -> list[Verdict]:
+        """The divergence rule's verdicts on the step checkpoints in ``out`` (:mod:`.divergence`); with
+        ``failing_loss``, the step after ``state.step`` failed with that loss."""
+        losses = dict(self.loss_at)
+        failing = None
+        if failing_loss is not None:
+            failing = self.state.step
+            losses[failing + 1] = failing_loss
+        return judge(list_checkpoints(self.out), losses, self.state.start_loss, failing)
+
+    def _stop_note(self, failing_loss: float) -> str:
+        """Where a non-finite stop can continue from (one line); rank 0 marks the rejected checkpoints."""
+        verdicts = self._verdicts(failing_loss)
+        if self.info.is_main:
+            mark(verdicts)
+        return stop_advice(verdicts, self.out, self.state.start_loss, self.peak_lr)
 
     # --- one step -------------------------------------------------------------------------------------------------
     def _forward_backward(self, spec: torch.Tensor, labels: torch.Tensor, extras: dict) -> torch.Tensor:
@@ -155,22 +183,25 @@ class Trainer:
             total = total + loss.detach().float() / accum
         return total
 
-    def _skip_nonfinite(self, what: str) -> None:
-        """The non-finite rule, after a step whose loss or gradient norm (``what``) was NaN/Inf and whose update
-        was NOT applied: stop naming the last good checkpoint, or with ``skip_nonfinite`` skip the batch, up to
-        ``max_nonfinite_skips`` consecutive skips."""
+    def _skip_nonfinite(self, what: str, loss: float) -> None:
+        """The non-finite rule, after a step whose loss (``loss``) or gradient norm (``what``) was NaN/Inf and whose
+        update was NOT applied: stop naming the checkpoint to continue from (:mod:`.divergence`), or with
+        ``skip_nonfinite`` skip the batch, up to ``max_nonfinite_skips`` consecutive skips.
+
+        The step is named as ``log.csv`` numbers it: the step that would have been row ``state.step + 1``."""
         cfg, st = self.config, self.state
         st.nonfinite += 1
         st.nonfinite_run += 1
         self.optimizer.zero_grad(set_to_none=True)
+        step = st.step + 1
         if not cfg.skip_nonfinite:
-            raise NonFiniteLoss(f"{what} at step {st.step}; {last_good_note(self.out)}; the update was not "
+            raise NonFiniteLoss(f"{what} at step {step}; {self._stop_note(loss)}; the update was not "
                                 "applied (--skip-nonfinite skips such steps)")
         if st.nonfinite_run > cfg.max_nonfinite_skips:
-            raise NonFiniteLoss(f"{what} at step {st.step}: {st.nonfinite_run} consecutive non-finite steps, more "
-                                f"than --max-nonfinite-skips {cfg.max_nonfinite_skips}; {last_good_note(self.out)}")
+            raise NonFiniteLoss(f"{what} at step {step}: {st.nonfinite_run} consecutive non-finite steps, more "
+                                f"than --max-nonfinite-skips {cfg.max_nonfinite_skips}; {self._stop_note(loss)}")
         st.advance_batch()
-        self.log(f"warning: {what} at step {st.step}, update skipped ({st.nonfinite} so far, "
+        self.log(f"warning: {what} at step {step}, update skipped ({st.nonfinite} so far, "
                  f"{st.nonfinite_run} in a row)")
 
     def _step(self, batch: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -209,7 +240,7 @@ class Trainer:
                 self.scaler.update()  # close the scaler's iteration (unscale_ ran); NaN gradients lower the scale
             what = f"non-finite loss ({loss})" if not math.isfinite(loss) else \
                 f"non-finite gradient norm ({grad_norm}, loss {loss:.4g})"
-            self._skip_nonfinite(what)
+            self._skip_nonfinite(what, loss)
             return None
         self.scaler.step(self.optimizer)  # skips the update when fp16 gradients overflowed
         self.scaler.update()
@@ -218,6 +249,10 @@ class Trainer:
         st.nonfinite_run = 0
         st.advance_batch()
         self.losses.append(loss)
+        self.loss_at[st.step] = loss
+        st.loss = loss
+        if st.start_loss is None:
+            st.start_loss = loss
         return loss, lr, grad_norm
 
     # fraction of the audio drawn in the first batches that was zero padding, above which the run says so once
@@ -318,9 +353,13 @@ class Trainer:
         self.csv_log = self.eval_log = None
         self.tb = TensorBoard(self.out, cfg.tensorboard and main)
         if main:
-            # a resumed run (or --resume auto that found nothing) redoes the steps after `step`: their old rows go
-            keep_until = self.state.step if cfg.resume else None
+            # a run redoes the steps after `step` (a resumed one, or one started again in the same folder, e.g. with
+            # a lower lr after a blow-up): their old rows go, so the log is this run's
+            keep_until = self.state.step
             self.csv_log = CsvLog(self.out / "log.csv", LOG_FIELDS, keep_until=keep_until)
+            self.loss_at = self.csv_log.losses(until=self.state.step)
+            if self.state.start_loss is None:  # a checkpoint of an older version: log row 1 when it is there
+                self.state.start_loss = self.loss_at.get(1)
             if self.evaluate is not None:
                 self.eval_log = CsvLog(self.out / "eval.csv", EVAL_FIELDS, keep_until=keep_until)
         self.picture_every = cfg.picture_every if self.task.pictures else 0
@@ -352,9 +391,20 @@ class Trainer:
         except (ImportError, ValueError, OSError, KeyError) as e:  # pictures are a convenience, never a failure
             self.log(f"note: training curves not drawn ({e})")
 
+    def _write_config(self) -> None:
+        """``out/config.json``: the task, this trainer's config, the model config, the clip count, and the
+        caller's ``settings`` (which win on shared keys)."""
+        model_cfg = getattr(self.model, "config", None)
+        settings = {"task": self.task.name, "train": self.config.to_dict(), "clips": len(self.dataset),
+                    "model": model_cfg.to_dict() if model_cfg is not None else None, **self.settings}
+        write_json_atomic(self.out / "config.json", settings)
+
     def run(self) -> dict:
-        """Train to ``config.steps``; returns a summary dict (on every rank)."""
+        """Train to ``config.steps``; returns a summary dict (on every rank). Rank 0 writes ``config.json`` first
+        and ``summary.json`` (the summary without the per-step losses) last."""
         cfg, st = self.config, self.state
+        if self.info.is_main:
+            self._write_config()
         self._open_outputs()
         self.model.train()
         self.frontend.train(self.task.name == "pretrain")
@@ -386,11 +436,13 @@ class Trainer:
         if st.nonfinite:
             self.log(f"warning: {st.nonfinite} step(s) with a non-finite loss were skipped (column 'nonfinite' of "
                      "log.csv)")
-        return {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
-                "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
-                "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
-                "compiled": cfg.compile, "first_step_s": self.first_step_s,
-                "evals": self.evals}
+        summary = {"steps": st.step, "final": str(final), "losses": self.losses, "skipped_bad": st.skipped_bad,
+                   "nonfinite": st.nonfinite, "seconds": time.time() - self._t0, "world_size": self.info.world_size,
+                   "global_batch": self.global_batch, "frontend": self.input.name, "best": st.best,
+                   "compiled": cfg.compile, "first_step_s": self.first_step_s, "evals": self.evals}
+        if self.info.is_main:
+            write_json_atomic(self.out / "summary.json", {k: v for k, v in summary.items() if k != "losses"})
+        return summary
 
 
 def train(
@@ -402,9 +454,11 @@ def train(
     log: Callable[..., None] = print,
     dist_info: DistInfo | None = None,
     evaluate: Evaluator | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict:
-    """Run ``config.steps`` optimizer steps of ``task`` on ``dataset`` (see :class:`Trainer`); the summary dict."""
-    return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate).run()
+    """Run ``config.steps`` optimizer steps of ``task`` on ``dataset`` (see :class:`Trainer`); the summary dict.
+    ``out/config.json`` records the run's settings (plus ``settings``), ``out/summary.json`` the summary."""
+    return Trainer(task, dataset, config, frontend, device, log, dist_info, evaluate, settings).run()
 
 
 def _reduce_step(loss: torch.Tensor, bad_files: int, grad_bad: torch.Tensor, grad_norm: torch.Tensor

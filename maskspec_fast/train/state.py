@@ -56,7 +56,8 @@ def last_good_note(out: Path) -> str:
 @dataclass
 class TrainerState:
     """Progress of a run. ``batch_in_epoch`` counts the global batches of ``epoch`` already used; ``best`` is
-    ``{"metric", "value", "step"}`` of the best evaluation so far (higher is better), or None."""
+    ``{"metric", "value", "step"}`` of the best evaluation so far (higher is better), or None; ``loss`` and
+    ``start_loss`` let ``--resume auto`` pass over a checkpoint written after the loss diverged."""
 
     step: int = 0
     epoch: int = 0
@@ -69,6 +70,8 @@ class TrainerState:
     frontend: str = "torch"
     world_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # what an input pipeline needs to resume (e.g. shards)
+    loss: float | None = None  # the loss of step `step` (log row `step`); None before the first step
+    start_loss: float | None = None  # log row 1's loss: the reference of the divergence rule (train.divergence)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,11 +101,13 @@ def save_training(
     info: DistInfo,
     keep: int,
     name: str | None = None,
+    protect: Path | None = None,
 ) -> None:
     """Collective: every rank's RNG state is gathered, rank 0 writes, all wait (barrier) until it is on disk.
 
     Every rank first checks its model and optimizer state for NaN/Inf; the verdicts travel with the RNG states, so
-    all ranks agree to raise :class:`NonFiniteLoss` (nothing written, the previous checkpoints kept)."""
+    all ranks agree to raise :class:`NonFiniteLoss` (nothing written, the previous checkpoints kept). ``protect``:
+    a step checkpoint that ``keep`` must not prune (the newest one the run could continue from)."""
     opt = optimizer.state_dict()
     bad = nonfinite_tensors([*model.state_dict().items(), *optimizer_tensors(opt)])
     gathered = all_gather_objects({"rng": rng_state(), "nonfinite": bad})
@@ -115,7 +120,7 @@ def save_training(
     if info.is_main:
         blob = {**state.to_dict(), "optimizer": opt, "rng": rngs[0], "rng_ranks": rngs,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}}
-        save_checkpoint(out, state.step, model, blob, keep=keep, name=name)
+        save_checkpoint(out, state.step, model, blob, keep=keep, name=name, protect=protect)
     barrier()
 
 
