@@ -413,7 +413,7 @@ class Classifier(_Encoder):
     def embed_frames(self, spec: torch.Tensor) -> torch.Tensor:
         """Frame embeddings ``(B, T // p, D)``, one per patch column (``p`` frames, 160 ms): ``fc_norm`` of the
         mean over the column's ``G_f`` frequency tokens, ``e_t = N_m(mean_r x_{r,t})``. The spectrogram must fit the
-        positional table (``T <= config.frames + p - 1``; longer audio: :func:`maskspec_fast.hear.column_embeddings`)."""
+        positional table (``T <= config.frames + p - 1``; longer audio: :func:`maskspec_fast.inference.column_embeddings`)."""
         tokens = self._features(spec, None)[0][:, 1:]  # (B, G_f * G_t, D)
         b, n, d = tokens.shape
         return self.fc_norm(tokens.reshape(b, self.config.grid_f, n // self.config.grid_f, d).mean(1))  # (B, G_t, D)
