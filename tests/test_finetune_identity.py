@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from precise import log_mel64
 from tolerance import allowed, assert_within, dtype_bound
 
 from maskspec_fast import Classifier, Model, ModelConfig
@@ -43,17 +44,6 @@ def built_in(tmp_path_factory):
     return data, root / "init"
 
 
-def _log_mel64(lm: LogMel, wave: torch.Tensor) -> torch.Tensor:
-    """``lm(wave)`` computed in float64 throughout (same pre-emphasis, window, STFT, bank and scaling)."""
-    s = lm.settings
-    x = torch.nn.functional.conv1d(wave.double().unsqueeze(1), lm.preemph.double()).squeeze(1)
-    spec = torch.stft(x, n_fft=s.n_fft, hop_length=s.hop_length, win_length=s.win_length,
-                      window=lm.window.double(), center=True, pad_mode="reflect", normalized=False,
-                      return_complex=True)
-    mel = torch.matmul(lm.mel_bank.double(), spec.real.square() + spec.imag.square())
-    return (torch.log(mel + s.log_offset) + s.shift) / s.scale
-
-
 def _harness(init, x, y, recipe, seed, num_classes):
     clf = Classifier.from_pretrained(init, num_classes=num_classes, fused=True, drop_path_rate=recipe.drop_path,
                                      frames=x.shape[-1], pool=recipe.pool)
@@ -64,16 +54,18 @@ def _harness(init, x, y, recipe, seed, num_classes):
 
 
 def test_log_mel64_is_the_front_end_in_float64():
-    """The precise input is the same function: float32's front end is within float32's bound of it."""
+    """The precise input (``precise.log_mel64``) is the same function: float32's front end is within float32's
+    bound of it."""
     lm = LogMel().eval()
     wave = torch.randn(2, 32000) * 0.1
     with torch.no_grad():
-        ref, ref64 = lm(wave), _log_mel64(lm, wave)
+        ref, ref64 = lm(wave), log_mel64(lm, wave)
     # log-mel values are O(1) after scaling; the STFT sums n_fft terms (the float32 DFT's error grows like log n)
     err = (ref.double() - ref64).abs().max().item()
     assert err < dtype_bound(torch.float32, ref64.abs().max().item(), terms=1024), err
 
 
+@pytest.mark.slow
 def test_cli_and_harness_give_the_same_validation_curve(built_in, tmp_path):
     data, init = built_in
     seed = 11
@@ -101,7 +93,7 @@ def test_cli_and_harness_give_the_same_validation_curve(built_in, tmp_path):
     waves = [ds[i]["wave"][None] for i in range(len(ds))]
     with torch.no_grad():
         x = torch.cat([logmel(w) for w in waves])
-        x_precise = torch.cat([_log_mel64(logmel, w) for w in waves]).float()
+        x_precise = torch.cat([log_mel64(logmel, w) for w in waves]).float()
     assert not torch.equal(x, x_precise)  # else the yardstick below would measure nothing
     y = torch.as_tensor([int(ds[i]["label"]) for i in range(len(ds))])
     steps, acc, loss, best, n_val = _harness(init, x, y, recipe, seed, ds.num_classes)
