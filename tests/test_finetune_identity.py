@@ -11,6 +11,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def built_in(tmp_path_factory):
     torch.manual_seed(0)
     Model(ModelConfig.from_preset("tiny", frames=128, depth=2, decoder_depth=1)).save_pretrained(root / "init")
     return data, root / "init"
+
+
+def _correct(fraction: float, n: int) -> int:
+    """The number of correctly classified clips behind an accuracy ``k / n`` (printed with 6 decimals: exact for
+    ``n < 10**5``)."""
+    return int(fraction * n + 0.5)
 
 
 def _harness(init, x, y, recipe, seed, num_classes):
@@ -101,7 +108,7 @@ def test_cli_and_harness_give_the_same_validation_curve(built_in, tmp_path):
 
     assert len(steps) >= 3 and cli_steps == steps == p_steps
     # accuracy is a count of correct clips: the same count (a flip needs a logit margin below the loss error)
-    assert [round(a * n_val) for a in cli_acc] == [round(a * n_val) for a in acc], (cli_acc, acc)
+    assert [_correct(a, n_val) for a in cli_acc] == [_correct(a, n_val) for a in acc], (cli_acc, acc)
     # the validation loss: a mean of n_val cross-entropies (n_val roundings), read back from eval.csv (6 decimals).
     # Measured (seed 11): the harness's own error 1.3e-4, the CLI's 1.3e-4 (CLI - harness: below the CSV's 5e-7)
     assert_within(cli_loss, loss, p_loss, torch.float32, terms=n_val, decimals=6, name="validation loss")
@@ -112,3 +119,5 @@ def test_cli_and_harness_give_the_same_validation_curve(built_in, tmp_path):
         i, j = steps.index(cli_best), steps.index(best)
         gap = allowed(loss, p_loss, torch.float32, terms=n_val, decimals=6)
         assert acc[i] == acc[j] and abs(loss[i] - loss[j]) <= 2 * gap, (cli_best, best, acc, loss, gap)
+        warnings.warn(f"near-tie accepted: the CLI selected step {cli_best}, the harness step {best} (same accuracy, "
+                      f"validation losses {loss[i]:.7f} and {loss[j]:.7f} within the rule's bound)", stacklevel=1)
