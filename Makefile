@@ -1,7 +1,7 @@
 # Everything a fresh machine needs, from this repository's own files.
 #   make test   - create .venv (+ .venv-timm for the timm interop test, + .venv-triton-latest for the Triton kernel
 #                 tests under the newest Triton), install pinned CPU dependencies (+ the HEAR validator, --no-deps)
-#                 + the package (C++ extension built when possible), run the tests
+#                 + the package (C++ extension built when possible), lint (ruff), run the tests
 #   make demo   - the main job: pre-train MaskSpec-tiny on built-in sounds, fine-tune, print the accuracy
 #   make bench  - CPU benchmarks (throughput, kernels, patchify, front end)
 #   make lint   - ruff
@@ -36,7 +36,7 @@ $(TRITON_LATEST_VENV)/.installed: requirements-triton-latest.txt
 	$(TRITON_LATEST_VENV)/bin/python -m pip install -q -r requirements-triton-latest.txt
 	touch $@
 
-test: install $(TIMM_VENV)/.installed $(TRITON_LATEST_VENV)/.installed
+test: lint $(TIMM_VENV)/.installed $(TRITON_LATEST_VENV)/.installed
 	PYTHONPATH=$(CURDIR) $(TIMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_timm_interop.py tests/test_bench_timm_peer.py
 	PYTHONPATH=$(CURDIR) $(TRITON_LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_triton_*.py
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

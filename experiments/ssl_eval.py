@@ -56,19 +56,19 @@ from maskspec_fast.model import pool_patch_tokens  # noqa: E402
 from maskspec_fast.train import TrainConfig  # noqa: E402
 from maskspec_fast.train import finetune as package_finetune  # noqa: E402
 from maskspec_fast.train import recipe as recipes  # noqa: E402
+from maskspec_fast.train import train as package_train  # noqa: E402
 from maskspec_fast.train.finetune import fit_head  # noqa: E402
-from maskspec_fast.train.schedule import make_adamw, param_groups, set_lr, warmup_cosine  # noqa: E402
+from maskspec_fast.train.recipe_flags import add_recipe_flags, recipe_from_flags  # noqa: E402
+from maskspec_fast.train.tasks import PretrainTask  # noqa: E402
 
 SETTINGS = ("finetune_pretrained", "finetune_random", "probe_pretrained", "probe_random", "logmel_baseline")
 RESULTS = Path(__file__).resolve().parent.parent / "runs" / "experiments"  # scratch output, ignored by git; keep a run in results/
-_RECIPE_FLAGS = {  # command-line flag (dest) -> FinetuneRecipe field; None means "the recipe's default"
-    "finetune_epochs": "epochs", "warmup_epochs": "warmup_epochs", "finetune_batch": "batch_size",
-    "finetune_lr": "lr", "layer_decay": "layer_decay", "drop_path": "drop_path",
-    "label_smoothing": "label_smoothing", "patchout_fraction": "patchout_fraction", "freq_mask": "freq_mask",
-    "time_mask": "time_mask", "mixup": "mixup", "val_fraction": "val_fraction", "patience": "patience",
-    "eval_every_epochs": "eval_every_epochs", "pool": "pool", "head_init": "head_init", "refit_head": "refit_head",
-    "gain_db": "gain_db", "tilt_db": "tilt_db", "betas": "betas", "probe_l2": "head_l2",
-}
+# the recipe fields the harness takes on its command line, and the flags named otherwise than in `train finetune`
+HARNESS_RECIPE_FIELDS = ("epochs", "warmup_epochs", "batch_size", "lr", "betas", "layer_decay", "drop_path",
+                         "label_smoothing", "patchout_fraction", "time_roll", "freq_mask", "time_mask", "gain_db",
+                         "tilt_db", "mixup", "val_fraction", "patience", "eval_every_epochs", "pool", "refit_head",
+                         "head_init")
+HARNESS_FLAG_NAMES = {"epochs": "--finetune-epochs", "batch_size": "--finetune-batch", "lr": "--finetune-lr"}
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -123,36 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a save_pretrained folder: loaded instead of pre-training when it exists (same settings!), "
                         "else written after pre-training (for exploring fine-tuning settings)")
     g = p.add_argument_group("fine-tuning (maskspec_fast.train.recipe; unset flags take the recipe's defaults)")
-    g.add_argument("--finetune-epochs", type=float, default=None, help="epochs of the fit split")
-    g.add_argument("--warmup-epochs", type=float, default=None)
-    g.add_argument("--finetune-batch", type=int, default=None)
-    g.add_argument("--finetune-lr", type=float, default=None, help="peak AdamW lr of the head")
-    g.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="AdamW betas")
-    g.add_argument("--layer-decay", type=float, default=None, help="pre-trained encoder only")
-    g.add_argument("--drop-path", type=float, default=None)
-    g.add_argument("--label-smoothing", type=float, default=None)
-    g.add_argument("--patchout-fraction", type=float, default=None, help="share of patch tokens dropped per clip")
-    g.add_argument("--no-time-roll", action="store_true", help="no random circular time shift")
-    g.add_argument("--freq-mask", type=int, default=None, help="SpecAugment frequency band limit (mel bins)")
-    g.add_argument("--time-mask", type=int, default=None, help="SpecAugment time span limit (frames per 10 s)")
-    g.add_argument("--gain-db", type=float, default=None, help="random level change per clip, +- dB")
-    g.add_argument("--tilt-db", type=float, default=None,
-                   help="random spectral tilt per clip: +- dB between the lowest and the highest mel bin")
-    g.add_argument("--mixup", type=float, default=None, help="mixup Beta(alpha, alpha); 0: off")
-    g.add_argument("--val-fraction", type=float, default=None, help="validation share of the training folds")
-    g.add_argument("--patience", type=int, default=None, help="evaluations without improvement before stopping")
-    g.add_argument("--eval-every-epochs", type=float, default=None)
-    g.add_argument("--pool", choices=list(POOLS), default=None,
-                   help="fine-tuning classifier pooling (ModelConfig.pool): mean over all tokens, or per frequency "
-                        "row concatenated (with time-column patchout)")
+    # the recipe's flags as `train finetune` declares them (maskspec_fast.train.recipe_flags), some under the
+    # harness's own names
+    add_recipe_flags(g, HARNESS_RECIPE_FIELDS, HARNESS_FLAG_NAMES)
     g.add_argument("--wise-alpha", type=float, default=1.0,
                    help="WiSE-FT, an experiment outside the recipe: final weights (1 - a) * start + a * selected "
                         "(1: the selected model)")
-    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="after checkpoint selection, refit the head as a logistic regression on the selected "
-                        "encoder's embeddings of ALL training clips (fit + validation)")
-    g.add_argument("--head-init", choices=["zero", "probe"], default=None,
-                   help="fine-tuning head: MAE's near-zero init, or the linear probe fitted on the fit split (LP-FT)")
     g = p.add_argument_group("linear probe and baseline")
     g.add_argument("--probe-l2", type=float, default=1e-3, help="L2 penalty on the probe weights")
     g.add_argument("--probe-iters", type=int, default=200, help="L-BFGS iterations")
@@ -178,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args: argparse.Namespace) -> recipes.FinetuneRecipe:
-    """The recipe's defaults with the flags that were given on top."""
-    given = {f: getattr(args, a, None) for a, f in _RECIPE_FLAGS.items()}
-    if given["betas"] is not None:
-        given["betas"] = tuple(given["betas"])
-    r = recipes.FinetuneRecipe().replace(**given)
-    return r.replace(time_roll=False) if getattr(args, "no_time_roll", False) else r
+    """The recipe's defaults with the flags that were given on top (``--probe-l2`` is the head's L2 too)."""
+    dests = {f: (HARNESS_FLAG_NAMES.get(f, "--" + f.replace("_", "-"))[2:].replace("-", "_"))
+             for f in HARNESS_RECIPE_FIELDS}
+    r = recipe_from_flags(args, dests)
+    l2 = getattr(args, "probe_l2", None)
+    return r.replace(head_l2=l2) if l2 is not None else r
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -298,32 +274,50 @@ def logmel_features(spec: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def pretrain(model: Model, specs: torch.Tensor, args, log_every: int = 50) -> dict[str, Any]:
-    """AdamW (betas 0.9/0.95, wd 0.05 off biases/norms/tokens), linear warm-up then cosine, clip-grad 1."""
-    seed = stream_seed(args.seed, "pretrain", 0)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed + 1)  # masking noise and drop path: this stream only
-    opt = make_adamw(param_groups(model, 0.05), lr=args.pretrain_lr, betas=(0.9, 0.95))
-    warmup = max(1, args.pretrain_steps // 20)
-    curve, t0 = [], time.perf_counter()
-    model.train()
-    recent: list[float] = []
-    for step in range(args.pretrain_steps):
-        set_lr(opt, warmup_cosine(step, args.pretrain_steps, warmup, args.pretrain_lr))
-        idx = torch.randint(0, specs.shape[0], (args.pretrain_batch,), generator=gen)
-        loss, _, _ = model(specs[idx], mask_ratio=args.mask_ratio)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        recent.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == args.pretrain_steps:
-            curve.append({"step": step + 1, "loss": statistics.fmean(recent), "elapsed_s": time.perf_counter() - t0})
-            print(f"  pretrain step {step + 1:5d}/{args.pretrain_steps}: loss {curve[-1]['loss']:.4f} "
-                  f"({curve[-1]['elapsed_s']:.0f} s)", flush=True)
-            recent = []
+def pretrain_config(steps: int, batch: int, lr: float, warmup: int, seed: int, out: str | Path,
+                    log_every: int = 1) -> TrainConfig:
+    """The :class:`~maskspec_fast.train.TrainConfig` that ``python -m maskspec_fast.train pretrain --steps STEPS
+    --batch-size BATCH --lr LR --warmup-steps WARMUP --seed SEED --no-mel-jitter`` resolves on the CPU: the CLI's own
+    parser and defaults (AdamW betas (0.9, 0.95), weight decay 0.05 off biases/norms/tokens, gradients clipped to
+    norm 1, cosine to 0 after the warm-up, fp32), so the harness pre-trains with what users run. No mel jitter: the
+    harness's log-mel is computed once, with the fixed bank."""
+    from maskspec_fast.train.cli import build_parser as train_cli
+
+    argv = ["pretrain", "--data", "(precomputed log-mel)", "--steps", str(steps), "--batch-size", str(batch),
+            "--lr", repr(float(lr)), "--warmup-steps", str(warmup), "--seed", str(seed), "--workers", "0",
+            "--device", "cpu", "--precision", "fp32", "--save-every", "0", "--keep", "1", "--picture-every", "0",
+            "--log-every", str(log_every), "--quiet", "--no-mel-jitter", "--out", str(out)]
+    return TrainConfig.from_args(train_cli().parse_args(argv))
+
+
+def pretrain_on_specs(model: Model, specs: torch.Tensor, run: TrainConfig) -> dict[str, Any]:
+    """Pre-train ``model`` on log-mel windows ``specs (N, F, T)`` through the package's :func:`maskspec_fast.train.train`
+    (``PretrainTask``, one mask per clip) on a :class:`SpecTensors` source; the trainer's summary (``losses``: one per
+    step)."""
+    source = SpecTensors(specs, torch.full((specs.shape[0],), -1, dtype=torch.long), num_classes=0, seed=run.seed)
+    result = package_train(PretrainTask(model), source, run, LogMel(), torch.device("cpu"), log=_silent)
     model.eval()
-    return {"curve": curve, "seconds": time.perf_counter() - t0}
+    return result
+
+
+def pretrain(model: Model, specs: torch.Tensor, args, log_every: int = 50) -> dict[str, Any]:
+    """Pre-train as ``train pretrain`` does (:func:`pretrain_config`): ``--pretrain-steps`` steps of
+    ``--pretrain-batch`` windows (epochs over the windows in the trainer's seeded order), peak lr ``--pretrain-lr``
+    after a warm-up of 5% of the steps. The curve averages the per-step losses over ``log_every`` steps."""
+    seed = stream_seed(args.seed, "pretrain", 0) % (2**31 - 1)  # the trainer's seeds are 31-bit
+    warmup = max(1, args.pretrain_steps // 20)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ssl_eval_pt_") as tmp:
+        run = pretrain_config(args.pretrain_steps, args.pretrain_batch, args.pretrain_lr, warmup, seed, tmp,
+                              log_every=max(1, log_every))
+        result = pretrain_on_specs(model, specs, run)
+    losses = result["losses"]
+    curve = [{"step": min(s + log_every, len(losses)), "loss": statistics.fmean(losses[s : s + log_every])}
+             for s in range(0, len(losses), log_every)]
+    seconds = time.perf_counter() - t0
+    print(f"  pretrain: {len(losses)} steps in {seconds:.0f} s; loss {curve[0]['loss']:.4f} (first {log_every}) -> "
+          f"{curve[-1]['loss']:.4f} (last {log_every})", flush=True)
+    return {"curve": curve, "seconds": seconds, "settings": run.to_dict()}
 
 
 @torch.no_grad()

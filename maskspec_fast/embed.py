@@ -5,7 +5,7 @@ front end). Files up to ``config.frames`` frames are embedded in right-padded ba
 masked out of attention and pooling, so a file's embedding does not depend on its batch); longer files are cut
 into sliding windows of ``config.frames`` (``--hop-frames``, default half a window; the last window aligned to
 the end) and the window embeddings averaged. ``--timestamps`` adds HEAR-style timestamp embeddings every 40 ms
-(:func:`maskspec_fast.hear.timestamp_embeddings_of_spec`).
+(:func:`maskspec_fast.inference.timestamp_embeddings_of_spec`).
 
 Files that cannot be decoded (corrupt, empty, too short: under one 160 ms patch) are skipped and listed on
 stderr, in the output (``failed_paths`` / ``failed_reasons``) and in ``OUT.failed.tsv``; nothing is dropped
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .inference import load_encoder, timestamp_embeddings_of_spec
 
 
 @dataclass
@@ -69,31 +71,10 @@ class _Files(Dataset):
             return path, None, e.problem
 
 
-def load_encoder(checkpoint: str, device: str | torch.device) -> Any:
-    """A Classifier from a save_pretrained directory, a hub id or a MAE-family ``.pth`` (fine-tuned heads kept)."""
-    from .hub import is_repo_id, resolve_pretrained
-    from .interop import read_mae_checkpoint
-    from .model import Classifier
-    from .serialization import CONFIG_NAME, read_meta
-
-    if Path(checkpoint).is_dir() or is_repo_id(checkpoint):
-        d = resolve_pretrained(checkpoint)
-        kind = read_meta(d / CONFIG_NAME)["model_type"]  # a malformed file: one line naming it
-        clf = Classifier.from_pretrained(d, num_classes=None if kind == "classifier" else 1)
-    elif Path(checkpoint).is_file():
-        has_head = "head.weight" in read_mae_checkpoint(checkpoint).state
-        clf = Classifier.from_mae_checkpoint(checkpoint, num_classes=None if has_head else 1)
-    else:
-        raise FileNotFoundError(f"{checkpoint}: no such directory or file, and not a hub repo id 'org/name'")
-    return clf.to(device).eval()
-
-
 @torch.no_grad()
 def embed_batch(clf: Any, frontend: Any, waves: list[torch.Tensor], hop_frames: int | None, timestamps: bool,
                 device: torch.device) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
     """Clip embeddings (and timestamp embeddings) of ``waves`` (each ``(N_i,)`` at 32 kHz)."""
-    from .hear import timestamp_embeddings_of_spec
-
     specs = [frontend(w.to(device).unsqueeze(0))[0] for w in waves]  # (F, T_i) each
     p, win = clf.config.patch_size, clf.config.frames
     clip: list[np.ndarray | None] = [None] * len(specs)

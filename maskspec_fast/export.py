@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if out.suffix not in (".onnx", ".pt2"):
         print(f"error: {out}: use a .onnx or .pt2 file", file=sys.stderr)
         return 2
-    from .embed import load_encoder
+    from .inference import load_encoder
 
     try:
         clf = load_encoder(a.checkpoint, "cpu")

@@ -35,7 +35,7 @@ from .ops.patchify import patch_tokens_ref, patchify_ref
 OPS = ("patchify", "patch_tokens", "masking", "gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked",
        "attention")
 PRETRAIN_OPS = OPS  # Model runs every op
-CLASSIFIER_OPS = ("patch_tokens", "masking", "attention")  # Classifier: tokens, patchout draws, attention
+CLASSIFIER_OPS = ("patch_tokens", "masking", "gather_visible", "attention")  # tokens, patchout, attention
 
 _TRITON_OPS = ("gather_visible", "unshuffle", "masked_mse", "masked_mse_on_masked")
 

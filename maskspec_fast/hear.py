@@ -11,7 +11,8 @@ Scene embedding ``(n_sounds, D)``: fc_norm(mean of patch tokens), averaged over 
 than the model's input.
 
 Timestamp embeddings ``(n_sounds, n_timestamps, D)`` every ``hop_frames`` x 10 ms (default 4 frames = **40 ms**,
-within HEAR's <= 50 ms): *shifted patch grids*. A patch column covers 16 frames (160 ms); the encoder is run
+within HEAR's <= 50 ms): *shifted patch grids* (:func:`maskspec_fast.inference.timestamp_embeddings_of_spec`, shared
+with the embedding CLI and the X-ARES encoder). A patch column covers 16 frames (160 ms); the encoder is run
 ``16 / hop_frames`` times on the spectrogram with its start shifted by 0, 4, 8, 12 frames, and the columns of
 the passes are interleaved. Each embedding is fc_norm(frequency-mean of the tokens of the patch column centred at
 its timestamp) -- real encoder outputs, not interpolations -- at the cost of ``16 / hop_frames`` encoder passes.
@@ -30,13 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .frontend.constants import FRAME_MS
 from .frontend.logmel import SAMPLE_RATE, LogMel
+from .inference import HOP_MS, column_embeddings, timestamp_embeddings_of_spec
 from .model import Classifier, Model
 
 HEAR_SAMPLE_RATE = 48000
 HEAR_RATES = (16000, 22050, 44100, 48000)
-HOP_MS = FRAME_MS  # one log-mel frame = 320 samples at 32 kHz (the front end's constant)
 
 
 @lru_cache(maxsize=16)
@@ -140,38 +140,6 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     return emb.mean(dim=1)
 
 
-def column_embeddings(enc: Classifier, spec: torch.Tensor) -> torch.Tensor:
-    """``(B, F, T)`` -> ``(B, T // p, D)``: fc_norm(frequency-mean of each patch column's tokens), the encoder run
-    on non-overlapping windows of ``config.frames`` (the last may be shorter; positions cropped)."""
-    p, win = enc.config.patch_size, enc.config.frames
-    t = spec.shape[-1] // p * p
-    columns = []
-    for start in range(0, t, win):
-        columns.append(enc.embed_frames(spec[..., start : min(start + win, t)]))  # (B, gt, D)
-    return torch.cat(columns, dim=1)
-
-
-@torch.no_grad()
-def timestamp_embeddings_of_spec(
-    enc: Classifier, spec: torch.Tensor, hop_frames: int = 4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log-mel ``(B, F, T)`` -> embeddings ``(B, n_ts, D)`` every ``hop_frames`` frames and their centres ``(n_ts,)``
-    in ms, ``n_ts = (T - p) // hop_frames + 1`` (shifted patch grids; see module doc)."""
-    p, t = enc.config.patch_size, spec.shape[-1]
-    if hop_frames < 1 or p % hop_frames:
-        raise ValueError(f"hop_frames={hop_frames} must divide the patch size {p}")
-    if t < p:
-        raise ValueError(f"spectrogram of {t} frames is shorter than one patch ({p})")
-    n_shifts = p // hop_frames
-    n_ts = (t - p) // hop_frames + 1  # columns [k*hop, k*hop + p) that fit: k = 0 .. n_ts-1
-    emb = spec.new_empty(spec.shape[0], n_ts, enc.config.embed_dim)
-    for j in range(min(n_shifts, n_ts)):
-        cols = column_embeddings(enc, spec[..., j * hop_frames :])  # (B, n_j, D): columns k = j, j + n_shifts, ...
-        emb[:, j::n_shifts] = cols[:, : emb[:, j::n_shifts].shape[1]]
-    centres = (torch.arange(n_ts, dtype=torch.float32, device=spec.device) * hop_frames + p / 2) * HOP_MS
-    return emb, centres
-
-
 @torch.no_grad()
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
     """audio ``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, D)``, timestamps ``(n_sounds,
@@ -183,6 +151,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
 
 __all__ = [
     "HEAR_RATES",
+    "HOP_MS",
     "HEAR_SAMPLE_RATE",
     "HearModel",
     "Model",

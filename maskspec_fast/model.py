@@ -60,6 +60,26 @@ class _Encoder(nn.Module):
         """``(1, 1 + gf*gt, D)``: the table fitted to this input's grid (crop shorter, interpolate longer)."""
         return resize_pos_embed(self.pos_embed, self.config.grid_size, grid)
 
+    # --- persistence (one implementation for Model and Classifier; each says what it is in _meta) -------------
+    def _meta(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (``from_pretrained`` reads them back)."""
+        return save_dir(directory, self.state_dict(), self._meta())
+
+    def save_mae_checkpoint(self, path: str | os.PathLike) -> str:
+        """Write ``{"model": state_dict}`` (``.pth``) that MAE-style code loads with ``strict=True``."""
+        from .interop import save_mae_checkpoint
+
+        return save_mae_checkpoint(self.state_dict(), path)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload ``save_pretrained``'s files to the Hugging Face Hub (see :func:`maskspec_fast.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     def _init_common(self) -> None:
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -207,20 +227,8 @@ class Model(_Encoder):
         return loss, (pred if return_pred else None), mask
 
     # --- persistence ----------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        return save_dir(directory, self.state_dict(), {"model_type": "pretrain", "config": self.config.to_dict()})
-
-    def save_mae_checkpoint(self, path: str | os.PathLike) -> str:
-        """Write ``{"model": state_dict}`` (``.pth``) that MAE-style code loads with ``strict=True``."""
-        from .interop import save_mae_checkpoint
-
-        return save_mae_checkpoint(self.state_dict(), path)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload ``save_pretrained``'s files to the Hugging Face Hub (see :func:`maskspec_fast.hub.push_to_hub`)."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def _meta(self) -> dict[str, Any]:
+        return {"model_type": "pretrain", "config": self.config.to_dict()}
 
     @classmethod
     def from_pretrained(
@@ -358,7 +366,7 @@ class Classifier(_Encoder):
                 ids_keep = (torch.arange(gf, device=x.device).view(1, -1, 1) * gt + cols.unsqueeze(1)).flatten(1)
             else:  # unstructured: any patchout tokens
                 _, _, ids_keep, _ = self.ops.masking(torch.rand(b, n, device=x.device), n - self.patchout)
-            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, L', D)
+            x = self.ops.gather_visible(x, ids_keep)  # (B, L', D): positions were added above
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
         if not want:
@@ -413,7 +421,7 @@ class Classifier(_Encoder):
     def embed_frames(self, spec: torch.Tensor) -> torch.Tensor:
         """Frame embeddings ``(B, T // p, D)``, one per patch column (``p`` frames, 160 ms): ``fc_norm`` of the
         mean over the column's ``G_f`` frequency tokens, ``e_t = N_m(mean_r x_{r,t})``. The spectrogram must fit the
-        positional table (``T <= config.frames + p - 1``; longer audio: :func:`maskspec_fast.hear.column_embeddings`)."""
+        positional table (``T <= config.frames + p - 1``; longer audio: :func:`maskspec_fast.inference.column_embeddings`)."""
         tokens = self._features(spec, None)[0][:, 1:]  # (B, G_f * G_t, D)
         b, n, d = tokens.shape
         return self.fc_norm(tokens.reshape(b, self.config.grid_f, n // self.config.grid_f, d).mean(1))  # (B, G_t, D)
@@ -469,21 +477,8 @@ class Classifier(_Encoder):
         clf.load_encoder(model.state_dict())
         return clf
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        meta = {"model_type": "classifier", "config": self.config.to_dict(), "num_classes": self.num_classes}
-        return save_dir(directory, self.state_dict(), meta)
-
-    def save_mae_checkpoint(self, path: str | os.PathLike) -> str:
-        """Write ``{"model": state_dict}`` (``.pth``) that MAE-style code loads with ``strict=True``."""
-        from .interop import save_mae_checkpoint
-
-        return save_mae_checkpoint(self.state_dict(), path)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload ``save_pretrained``'s files to the Hugging Face Hub (see :func:`maskspec_fast.hub.push_to_hub`)."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def _meta(self) -> dict[str, Any]:
+        return {"model_type": "classifier", "config": self.config.to_dict(), "num_classes": self.num_classes}
 
     @classmethod
     def from_pretrained(

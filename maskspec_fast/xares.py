@@ -11,7 +11,7 @@ Contract: ``sampling_rate`` 32000 (X-ARES resamples every task to it), ``output_
 wrapper); ``forward(audio (B, T)) -> (B, T', D)`` with ``T' = (1 + (T - 1) // 320) // hop_frames``, about
 ``duration / hop``.
 
-Frame ``k`` is the HEAR timestamp embedding (:func:`maskspec_fast.hear.timestamp_embeddings_of_spec`: the
+Frame ``k`` is the HEAR timestamp embedding (:func:`maskspec_fast.inference.timestamp_embeddings_of_spec`: the
 encoder's own patch-column embeddings on ``16 / hop_frames`` shifted patch grids) of the 160-ms column centred on
 ``(k + 1/2) * hop``, the middle of X-ARES's label frame ``[k * hop, (k + 1) * hop)``: the log-mel is padded with
 ``(16 - hop_frames) / 2`` frames of silence (zeros in the waveform) on each side, so the first and last frames
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .frontend.constants import FRAME_MS, HOP_LENGTH, MIN_SAMPLES, N_FFT, SAMPLE_RATE
 from .frontend.logmel import LogMel
-from .hear import timestamp_embeddings_of_spec
+from .inference import load_encoder, timestamp_embeddings_of_spec
 from .model import Classifier
 
 CHECKPOINT_ENV = "MASKSPEC_CHECKPOINT"
@@ -44,7 +44,6 @@ HOP_ENV = "MASKSPEC_HOP_FRAMES"
 
 def _load(checkpoint: str | None) -> Classifier:
     from .config import ModelConfig
-    from .embed import load_encoder
 
     spec = checkpoint or os.environ.get(CHECKPOINT_ENV, "")
     if not spec:

@@ -1,5 +1,6 @@
-"""The package's import graph (every ``import`` statement, module level or inside a function): no cycles, and no
-module importing from a layer above its own (``data`` never imports ``train``, ``ops`` never imports ``model``)."""
+"""The package's import graph (every ``import`` statement, module level or inside a function): no cycles, no
+module importing from a layer above its own (``data`` never imports ``train``, ``ops`` never imports ``model``), and
+the tools around the model side by side: no tool imports another (what they share lives in ``inference``)."""
 from __future__ import annotations
 
 import ast
@@ -11,10 +12,12 @@ PKG = Path(__file__).resolve().parents[1] / "maskspec_fast"
 LAYERS = [
     {"_version", "config", "serialization", "ops"},
     {"frontend", "layers", "fused", "backends", "interop", "hub"},
-    {"model", "viz", "convert"},
+    {"model", "viz", "convert", "inference"},
     {"data"},
     {"train", "embed", "export", "hear", "xares"},
 ]
+# The tools around the model and the training package: peers on the top layer, none importing another.
+TOOLS = {"train", "embed", "export", "hear", "xares", "convert"}
 
 
 def _name(path: Path) -> str:
@@ -97,4 +100,15 @@ def test_no_import_cycles():
 def test_no_upward_imports():
     bad = [(m, t) for m, ts in import_graph().items() for t in ts
            if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m)]
+    assert bad == []
+
+
+def _top(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_tools_side_by_side():
+    bad = [(m, t) for m, ts in import_graph().items() for t in ts
+           if _top(m) in TOOLS and _top(t) in TOOLS and _top(m) != _top(t)]
     assert bad == []

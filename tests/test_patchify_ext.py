@@ -3,6 +3,7 @@ maskspec_fast.ops: bit-exact patches for every dtype, gradients, thread-count in
 quiet fallback when the extension is missing. (Normalized loss targets are the loss kernels' job, not patchify's.)"""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import subprocess
@@ -11,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from tolerance import assert_within
 from torch.utils.dlpack import to_dlpack
 
 from maskspec_fast.layers import PatchEmbed
@@ -185,14 +187,18 @@ def test_opcheck_registrations():
 def test_patch_tokens_fused_matches_conv():
     embed = PatchEmbed(16, 24)
     img = torch.randn(2, 1, 64, 203)
+    embed64 = copy.deepcopy(embed).double()
     tokens = pf.patch_tokens_fused(img, embed)
     assert tokens.shape == (2, 4 * 12, 24)
-    torch.testing.assert_close(tokens, embed(img), atol=2e-5, rtol=1e-5)
+    # floor of the rule: each token is a dot product of p * p = 256 terms
+    assert_within(tokens, embed(img), embed64(img.double()), terms=256, name="tokens")
     img.requires_grad_()
+    img64 = img.detach().double().requires_grad_()
     g = torch.randn(2, 48, 24)
     (gi,) = torch.autograd.grad(pf.patch_tokens_fused(img, embed), img, g)
     (gi_ref,) = torch.autograd.grad(embed(img), img, g)
-    torch.testing.assert_close(gi, gi_ref, atol=2e-5, rtol=1e-5)
+    (gi_64,) = torch.autograd.grad(embed64(img64), img64, g.double())
+    assert_within(gi, gi_ref, gi_64, terms=24, name="input gradient")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..backends import COMPILE_BACKENDS, compile_module, format_backends
-from ..config import POOLS, ModelConfig
+from ..config import ModelConfig
 from ..frontend.audio import AudioFileError
 from ..frontend.logmel import SAMPLE_RATE, LogMel, model_frames
 from ..serialization import CheckpointWriteError
@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, cleanup, init_distributed
 from .logs import append_bad_files, write_bad_files
 from .recipe import FinetuneRecipe
+from .recipe_flags import add_recipe_flags, recipe_from_flags
 
 EXAMPLES = """examples:
   # pre-train MaskSpec-tiny on the built-in synthetic sounds (CPU-sized decoder), then fine-tune and evaluate
@@ -141,27 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = FinetuneRecipe()
     p.set_defaults(batch_size=None, min_lr=None, weight_decay=None, clip_grad=None)
     g = p.add_argument_group("recipe (maskspec_fast.train.recipe; --steps / --warmup-steps / --lr / --blr override)")
-    g.add_argument("--epochs", type=float, default=None, help=f"epochs of the fit split, used without --steps [{r.epochs:g}]")
-    g.add_argument("--warmup-epochs", type=float, default=None, help=f"used without --warmup-steps [{r.warmup_epochs:g}]")
-    g.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
-                   help=f"AdamW betas [{r.betas[0]:g} {r.betas[1]:g}]")
-    g.add_argument("--val-fraction", type=float, default=None,
-                   help="share of --data held out (stratified) to pick the best checkpoint and stop early; the "
-                        "final model is that checkpoint (0: no split, the last step's model; ignored when "
-                        f"--eval-data with --eval-every asks to select on the evaluation data) [{r.val_fraction:g}]")
-    g.add_argument("--patience", type=int, default=None,
-                   help=f"validation evaluations without improvement before stopping (0: never stop early) [{r.patience}]")
-    g.add_argument("--eval-every-epochs", type=float, default=None, help=f"[{r.eval_every_epochs:g}]")
-    g.add_argument("--head-init", choices=["zero", "probe"], default=None,
-                   help="head: MAE's near-zero init, or the logistic regression on frozen fit-split embeddings "
-                        f"(LP-FT) [{r.head_init}]")
-    g.add_argument("--refit-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="after checkpoint selection on the validation split, refit the head as a logistic regression "
-                        f"on the selected encoder's embeddings of all training clips (fit + validation) [{r.refit_head}]")
-    g.add_argument("--pool", choices=list(POOLS), default=None,
-                   help="classifier pooling (ModelConfig.pool): mean over all patch tokens (timm-compatible); freq: the "
-                        "mean per frequency row, rows concatenated (patchout then drops whole time columns); "
-                        f"freq_stats: freq plus each row's std over time [{r.pool}]")
+    # declared once for this command and experiments/ssl_eval.py (recipe_flags.py)
+    add_recipe_flags(g, ("epochs", "warmup_epochs", "betas", "val_fraction", "patience", "eval_every_epochs",
+                         "head_init", "refit_head", "pool"), recipe=r)
     g = p.add_argument_group("model")
     g.add_argument("--init", default=None, help="a save_pretrained directory (pre-trained Model or Classifier)")
     g.add_argument("--preset", choices=ModelConfig.presets(), default="tiny", help="used without --init")
@@ -171,26 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=0,
                    help="select on --eval-data instead of a validation split: evaluate every N steps and keep the "
                         "best model (accuracy, or mAP for multi-label sets) in <out>/checkpoints/best")
-    g.add_argument("--layer-decay", type=float, default=None, help=f"[{r.layer_decay:g}]")
-    g.add_argument("--drop-path", type=float, default=None, help=f"[{r.drop_path:g}]")
-    g.add_argument("--label-smoothing", type=float, default=None, help=f"[{r.label_smoothing:g}]")
+    add_recipe_flags(g, ("layer_decay", "drop_path", "label_smoothing"), recipe=r)
     g.add_argument("--patchout", type=int, default=None,
                    help=f"patch tokens dropped per clip in training [{r.patchout_fraction:g} of them]")
     g = p.add_argument_group("augmentation and sampling")
-    g.add_argument("--time-roll", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"random circular time shift per clip [{r.time_roll}]")
-    g.add_argument("--freq-mask", type=int, default=None, help="SpecAugment: one frequency band of up to N "
-                   f"mel bins masked per clip (paper: 48; 0: off) [{r.freq_mask}]")
-    g.add_argument("--time-mask", type=int, default=None, help="SpecAugment: one time span of up to N frames "
-                   f"per 10 s masked per clip, scaled to the clip length (paper: 192; 0: off) [{r.time_mask}]")
-    g.add_argument("--gain-db", type=float, default=None, metavar="DB",
-                   help=f"random level change per clip, uniform in +-DB (exact in the power domain; 0: off) [{r.gain_db:g}]")
-    g.add_argument("--tilt-db", type=float, default=None, metavar="DB",
-                   help="random spectral tilt per clip: uniform in +-DB from the lowest to the highest mel bin "
-                        f"(0: off) [{r.tilt_db:g}]")
-    g.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
-                   help="mixup with lam = max(u, 1-u), u ~ Beta(ALPHA, ALPHA) per clip, soft targets (PaSST: 0.3; "
-                        f"0: off). Clips are paired within each process's micro-batch [{r.mixup:g}]")
+    add_recipe_flags(g, ("time_roll", "freq_mask", "time_mask", "gain_db", "tilt_db", "mixup"), recipe=r)
     g.add_argument("--balanced-sampling", action="store_true",
                    help="draw each epoch's clips with replacement, weighted by the fit split's class-balanced "
                         "sample weights (for imbalanced sets such as AudioSet); seeded, so resume is exact")
@@ -363,10 +331,7 @@ _RECIPE_OPTIONS = ("epochs", "warmup_epochs", "batch_size", "min_lr", "weight_de
 
 def recipe_from_args(args: argparse.Namespace) -> FinetuneRecipe:
     """The recipe with the options the command line gave (others keep the recipe's defaults)."""
-    given = {k: getattr(args, k) for k in _RECIPE_OPTIONS}
-    if given["betas"] is not None:
-        given["betas"] = tuple(given["betas"])
-    return FinetuneRecipe().replace(**given)
+    return recipe_from_flags(args, {k: k for k in _RECIPE_OPTIONS})
 
 
 def _clip_from_checkpoint(args, con: Console, source):

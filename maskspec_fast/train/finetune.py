@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .distributed import DistInfo
 from .evaluation import make_evaluator, predict
 from .loop import train
+from .state import load_checkpoint_weights
 from .tasks import FinetuneTask
 
 
@@ -196,10 +197,7 @@ def finetune(
                     settings=settings)
     best = summary.get("best")
     if best and val is not None:  # the recipe's model is the selected checkpoint
-        from safetensors.torch import load_file
-
-        state = load_file(str(out / "checkpoints" / "best" / "model.safetensors"), device=str(device))
-        clf.load_state_dict(state, strict=True)
+        load_checkpoint_weights(out / "checkpoints" / "best", clf, device, log)
         how = f"the best validation checkpoint (step {best['step']})"
         if recipe.refit_head and single:
             fit_head(clf, source, recipe, device, **predict_kw)

@@ -22,6 +22,7 @@ import torch
 from ..config import ModelConfig
 from ..serialization import CheckpointError, check_state_dict, config_from_meta, read_meta
 from .checkpoint import (
+    COMPLETE,
     last_good_checkpoint,
     load_trainer_state,
     nonfinite_tensors,
@@ -136,18 +137,9 @@ def restore_training(
     """Load a checkpoint written by :func:`save_training` into the live objects; returns its state. This rank's
     RNG states are restored (rank 0's when the process count changed). A checkpoint made for another model is a
     :class:`~maskspec_fast.serialization.CheckpointError` naming the differing config fields."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     blob = load_trainer_state(path)
-    check_same_model(path, model, log)
-    weights = path / "model.safetensors"
-    try:
-        state = load_file(str(weights), device=str(device))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{weights}: cannot be read as safetensors ({' '.join(str(e).split())[:300]})") from e
-    check_state_dict(weights, state, model.state_dict())
-    model.load_state_dict(state, strict=True)
+    load_checkpoint_weights(path, model, device, log)
     try:
         optimizer.load_state_dict(blob["optimizer"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:  # e.g. other parameter groups (--layer-decay)
@@ -158,6 +150,29 @@ def restore_training(
     ranks = blob.get("rng_ranks")
     set_rng_state(ranks[info.rank] if ranks and len(ranks) == info.world_size else blob["rng"])
     return TrainerState.from_dict(blob)
+
+
+def load_checkpoint_weights(path: Path, model: torch.nn.Module, device: torch.device | str,
+                            log: Callable[..., None] = print) -> None:
+    """Load the weights of a complete checkpoint written by :func:`save_training` (``checkpoints/step_*``,
+    ``checkpoints/best``) into ``model``, checked: the ``COMPLETE`` marker, the same model config
+    (:func:`check_same_model`), a readable safetensors file, and every tensor's name, shape and kind
+    (:func:`~maskspec_fast.serialization.check_state_dict`); each failure is a
+    :class:`~maskspec_fast.serialization.CheckpointError` naming the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"{path}: not a complete checkpoint (missing {COMPLETE} marker; the save was "
+                              "interrupted?)")
+    check_same_model(path, model, log)
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: cannot be read as safetensors ({' '.join(str(e).split())[:300]})") from e
+    check_state_dict(weights, state, model.state_dict())
+    model.load_state_dict(state, strict=True)
 
 
 def check_same_model(path: Path, model: torch.nn.Module, log: Callable[..., None] = print) -> None:
