@@ -186,3 +186,22 @@ def test_vggsound_clip_is_the_video_sound(vggsound):
                            missing_dir=str(root))
     whole = load_audio(ds.paths[0]).numpy()
     assert np.array_equal(ds[0]["wave"].numpy(), whole[:16000])
+
+
+def test_multilabel_option_on_the_official_layouts(audioset, vggsound, tmp_path):
+    """`:multilabel=` is accepted by every kind that reads labels: audioset: stays multi-label by default and is
+    refused as single-label (clips with two classes); vggsound: becomes multi-hot on request."""
+    import warnings
+
+    from maskspec_fast.data import DatasetError
+
+    as_root, vgg_root = audioset[0], vggsound[0]
+    spec = f"audioset:{as_root / 'balanced_train_segments.csv'}:audio={as_root / 'audio'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing downloads, tested above
+        assert build_dataset(spec, clip_seconds=1.0, missing_dir=str(tmp_path)).multilabel
+        with pytest.raises(DatasetError, match="multilabel=false, but clip 0 has 2 classes"):
+            build_dataset(f"{spec}:multilabel=false", clip_seconds=1.0, missing_dir=str(tmp_path))
+        vgg = build_dataset(f"vggsound:{vgg_root / 'vggsound.csv'}:video={vgg_root / 'video'}:split=train"
+                            ":multilabel=true", clip_seconds=1.0, missing_dir=str(tmp_path))
+    assert vgg.multilabel and vgg.labels().dim() == 2 and (vgg.labels().sum(1) == 1).all()

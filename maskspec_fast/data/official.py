@@ -233,6 +233,7 @@ class AudioSetSegments(FileDataset):
         seed: int = 0,
         on_error: str = "raise",
         min_samples: int | None = None,
+        multilabel: bool | None = None,
     ):
         csv_files = [Path(s) for s in str(segments).split(",") if s.strip()]
         if not csv_files:
@@ -273,7 +274,7 @@ class AudioSetSegments(FileDataset):
         self.missing_csv, self.missing_line = _report_missing("audioset", missing, covered, csv_files, folder,
                                                               strict, missing_dir)
         super().__init__(items, min_samples=min_samples, clip_seconds=clip_seconds, sample_rate=sample_rate,
-                         train=train, seed=seed, on_error=on_error)
+                         train=train, seed=seed, on_error=on_error, multilabel=multilabel)
         self.segments, self.root, self.missing = csv_files, folder, missing
         self.class_names, self.mids = names, mids
 
@@ -301,6 +302,7 @@ class VGGSound(FileDataset):
         seed: int = 0,
         on_error: str = "raise",
         min_samples: int | None = None,
+        multilabel: bool | None = None,
     ):
         c = Path(csv_path)
         if split not in self.SPLITS:
@@ -336,7 +338,7 @@ class VGGSound(FileDataset):
         self.missing_csv, self.missing_line = _report_missing("vggsound", missing, covered, [c], folder, strict,
                                                               missing_dir)
         super().__init__(items, min_samples=min_samples, clip_seconds=clip_seconds, sample_rate=sample_rate,
-                         train=train, seed=seed, on_error=on_error)
+                         train=train, seed=seed, on_error=on_error, multilabel=multilabel)
         self.csv_path, self.root, self.split, self.missing = c, folder, split, missing
         self.class_names = names
 
