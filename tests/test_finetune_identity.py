@@ -80,7 +80,7 @@ def test_cli_and_harness_give_the_same_validation_curve(built_in, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "maskspec_fast.train", "finetune", "--data",
            f"esc50:{data}:folds={','.join(map(str, FOLDS))}", "--clip-seconds", str(CLIP_SECONDS), "--init", str(init),
-           "--out", str(out), "--seed", str(seed), "--workers", "0", "--device", "cpu", "--threads", "2",
+           "--out", str(out), "--seed", str(seed), "--workers", "0", "--device", "cpu", "--threads", "2",  # --workers 0: identity of two procedures, not the loader
            "--epochs", str(recipe.epochs), "--warmup-epochs", str(recipe.warmup_epochs), "--batch-size",
            str(recipe.batch_size), "--eval-every-epochs", "1", "--patience", "0", "--save-every", "0", "--keep", "1",
            "--quiet"]

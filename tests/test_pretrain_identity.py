@@ -57,7 +57,7 @@ def test_cli_and_harness_give_the_same_pretraining_loss_curve(clips, tmp_path):
     cmd = [sys.executable, "-m", "maskspec_fast.train", "pretrain", "--data", f"esc50:{clips}", "--clip-seconds",
            str(CLIP_SECONDS), "--preset", "tiny", "--set", "depth=1", "--decoder-depth", "1", "--steps", str(STEPS),
            "--batch-size", str(BATCH), "--lr", str(LR), "--warmup-steps", str(WARMUP), "--seed", str(SEED),
-           "--workers", "0", "--device", "cpu", "--threads", "2", "--precision", "fp32", "--save-every", "0",
+           "--workers", "0", "--device", "cpu", "--threads", "2", "--precision", "fp32", "--save-every", "0",  # --workers 0: identity of two procedures, not the loader
            "--keep", "1", "--log-every", "1", "--no-mel-jitter", "--quiet", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

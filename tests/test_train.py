@@ -142,7 +142,7 @@ def test_resume_is_exact_for_the_finetuning_recipe(tmp_path):
     base = ["finetune", "--data", "synthetic:30:seed=5", "--eval-data", "synthetic:11:seed=6", "--eval-every", "2",
             "--steps", "6", "--batch-size", "6", "--lr", "2e-3", "--warmup-steps", "1", "--save-every", "3",
             "--mixup", "0.3", "--freq-mask", "48", "--time-mask", "192", "--balanced-sampling", "--patchout", "5",
-            "--drop-path", "0.2", "--workers", "0", *SMALL, *TINY_CLIPS]
+            "--drop-path", "0.2", "--workers", "0", *SMALL, *TINY_CLIPS]  # --workers 0: as COMMON (training results, not the loader)
     full, cut = _resumed_equals_uninterrupted(tmp_path, base, cut_step=3, extra_logs=("eval.csv",))
     import json
 
@@ -169,7 +169,7 @@ def test_fp16_grad_scaler_state_is_checkpointed_and_resumed(tmp_path):
     if reason:
         pytest.skip(reason)
     base = ["pretrain", "--data", "synthetic:24", "--steps", "4", "--batch-size", "6", "--lr", "1e-3",
-            "--warmup-steps", "1", "--save-every", "2", "--precision", "fp16", "--accum-steps", "2", "--workers", "0",
+            "--warmup-steps", "1", "--save-every", "2", "--precision", "fp16", "--accum-steps", "2", "--workers", "0",  # --workers 0: as COMMON (training results, not the loader)
             *SMALL, *DECODER, *TINY_CLIPS]
     full, _ = _resumed_equals_uninterrupted(tmp_path, base, cut_step=2)
     state = torch.load(full / "checkpoints" / "step_00000002" / "trainer.pt", weights_only=True)
@@ -220,7 +220,7 @@ def test_nonfinite_losses_stop_with_the_last_checkpoint_or_are_counted(tmp_path)
 
 
 def test_frontend_choice_and_dali_training_resumes_exactly(tmp_path, capsys):
-    base = ["pretrain", "--steps", "1", "--batch-size", "4", *SMALL, *DECODER, *TINY_CLIPS, "--workers", "0"]
+    base = ["pretrain", "--steps", "1", "--batch-size", "4", *SMALL, *DECODER, *TINY_CLIPS, "--workers", "0"]  # --workers 0: as COMMON (training results, not the loader)
     assert main([*base, "--data", "synthetic:8", "--frontend", "auto", "--out", str(tmp_path / "a")]) == 0
     assert "front end: torch (auto: " in capsys.readouterr().out
     pytest.importorskip("nvidia.dali")
@@ -273,7 +273,7 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(tmp
     from safetensors.torch import load_file
 
     base = ["pretrain", "--data", "synthetic:24", "--steps", "8", "--batch-size", "4", "--lr", "1e-3",
-            "--warmup-steps", "2", "--save-every", "2", "--workers", "0", *SMALL, *DECODER, *TINY_CLIPS]
+            "--warmup-steps", "2", "--save-every", "2", "--workers", "0", *SMALL, *DECODER, *TINY_CLIPS]  # --workers 0: as COMMON (training results, not the loader)
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert main([*base, "--out", str(full)]) == 0
     root = Path(__file__).resolve().parents[1]
@@ -399,7 +399,7 @@ def test_finetune_refit_head_changes_only_the_head_of_the_selected_checkpoint(tm
     out = tmp_path / "ft"
     args = ["finetune", "--data", "synthetic:60:seed=3", "--epochs", "2", "--batch-size", "8", "--val-fraction",
             "0.25", "--pool", "freq_stats", "--refit-head" if refit else "--no-refit-head", "--out", str(out),
-            "--workers", "0", *SMALL, *TINY_CLIPS]
+            "--workers", "0", *SMALL, *TINY_CLIPS]  # --workers 0: as COMMON (training results, not the loader)
     assert main(args) == 0
     log = capsys.readouterr().out
     best = load_file(str(out / "checkpoints" / "best" / "model.safetensors"))
