@@ -13,7 +13,7 @@ TIMM_VENV ?= .venv-timm
 # the Triton kernel tests (interpreter + ahead-of-time compiles) also run under the newest Triton release, in their
 # own venv beside the pinned one (requirements-triton-latest.txt; the package comes from PYTHONPATH, not installed)
 TRITON_LATEST_VENV ?= .venv-triton-latest
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20  # the slowest tests in every CI log (the suite must stay under 30 min on 2 cores)
 
 .PHONY: install test demo bench lint clean
 
