@@ -11,7 +11,8 @@ def log_mel64(lm: LogMel, wave: torch.Tensor) -> torch.Tensor:
     """``lm(wave)`` ``(B, N) -> (B, n_mels, T)`` computed in float64 throughout: the same pre-emphasis, window,
     centred STFT, power, mel bank and ``(log(W P + offset) + shift) / scale``."""
     s = lm.settings
-    x = torch.nn.functional.conv1d(wave.double().unsqueeze(1), lm.preemph.double()).squeeze(1)
+    w = wave.double()
+    x = w[:, 1:] - s.preemphasis * w[:, :-1]  # (B, N-1)
     spec = torch.stft(x, n_fft=s.n_fft, hop_length=s.hop_length, win_length=s.win_length,
                       window=lm.window.double(), center=True, pad_mode="reflect", normalized=False,
                       return_complex=True)

@@ -115,7 +115,8 @@ def test_split_weights_are_the_splits_own(specs):
     fit, _ = train_val_split(source, FinetuneRecipe(val_fraction=0.25), seed=5)
     w = fit.sample_weights()
     assert w.shape == (12,) and torch.isfinite(w).all()
-    per_class = torch.zeros(CLASSES, dtype=torch.float64).index_add_(0, fit.labels().argmax(1), w)
+    assert not source.multilabel  # one label per manifest row: single-label by the one rule (decide_multilabel)
+    per_class = torch.zeros(CLASSES, dtype=torch.float64).index_add_(0, fit.labels(), w)
     torch.testing.assert_close(per_class, torch.full((CLASSES,), float(per_class[0]), dtype=torch.float64))
 
 
