@@ -19,7 +19,6 @@ Prints a table and writes ``benchmarks/results/decoders.json``.
 from __future__ import annotations
 
 import argparse
-import fractions
 import io
 import statistics
 import sys
@@ -32,7 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))  # the test inputs' FFmpeg writer
 from _common import environment, print_table, write_json  # noqa: E402
+from audio_sets import encode_with_av as encode_av  # noqa: E402  (one FFmpeg writer for tests and benchmarks)
 
 from maskspec_fast.frontend.audio import load_audio  # noqa: E402
 
@@ -60,37 +61,6 @@ def make_clip(seconds: float, rate: int, seed: int) -> np.ndarray:
                 for _ in range(5))
         out.append(x + 0.05 * np.convolve(rng.standard_normal(t.shape), np.ones(8) / 8, mode="same"))
     return np.stack(out).astype(np.float32)
-
-
-def encode_av(path, wave: np.ndarray, rate: int, fmt: str, codec: str, video: bool = False) -> None:
-    """``(channels, N)`` float32 through FFmpeg's encoders (PyAV), with a 10 fps mpeg4 video track if ``video``."""
-    import av
-
-    layout = "stereo" if wave.shape[0] == 2 else "mono"
-    out = av.open(path, "w", format=fmt)
-    v = None
-    if video:
-        v = out.add_stream("mpeg4", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-    a = out.add_stream(codec, rate=rate, layout=layout)
-    shown = 0
-    for i in range(0, wave.shape[1], 1024):
-        f = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, i : i + 1024]), format="fltp", layout=layout)
-        f.sample_rate, f.pts, f.time_base = rate, i, fractions.Fraction(1, rate)
-        for p in a.encode(f):
-            out.mux(p)
-        while v is not None and shown / 10 <= (i + 1024) / rate:
-            img = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (7 * shown) % 256, np.uint8), format="rgb24")
-            img.pts = shown
-            for p in v.encode(img):
-                out.mux(p)
-            shown += 1
-    for p in a.encode(None):
-        out.mux(p)
-    if v is not None:
-        for p in v.encode(None):
-            out.mux(p)
-    out.close()
 
 
 def write_file(path: Path, wave: np.ndarray, spec: tuple) -> None:

@@ -184,11 +184,16 @@ def encode_av(path, wave: np.ndarray, rate: int, kind: str = "m4a") -> None:
     """Write ``wave`` ``(channels, N)`` float32 with FFmpeg's encoders through PyAV: ``kind`` in :data:`AV_KINDS`
     (AAC in mp4 with an mpeg4 video track, AAC in m4a, Opus in webm / ogg / bare opus / mkv). ``path``: a file
     path or a binary file object."""
+    encode_with_av(path, wave, rate, *AV_KINDS[kind])
+
+
+def encode_with_av(path, wave: np.ndarray, rate: int, fmt: str, codec: str, video: bool = False) -> None:
+    """``wave`` ``(channels, N)`` float32 through FFmpeg's encoder ``codec`` in container ``fmt`` (PyAV), with a
+    10 fps mpeg4 video track when ``video``; also what ``benchmarks/decoders.py`` writes its inputs with."""
     import fractions
 
     import av
 
-    fmt, codec, video = AV_KINDS[kind]
     layout = "stereo" if wave.shape[0] == 2 else "mono"
     out = av.open(path, "w", format=fmt)
     v = None

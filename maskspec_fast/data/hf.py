@@ -167,28 +167,28 @@ class HFAudio(AudioDataset):
             raise DatasetError(f"hf: {path} has no column {self.label_col!r} (columns: {schema.names})")
         feat = features.get(self.label_col, {}) if self.label_col else {}
         elem = _inner(feat)
-        self.multilabel = elem is not None or (bool(self.label_col) and pa.types.is_list(schema.field(self.label_col).type))
+        # cells stored as lists (a Sequence feature or a list column); single/multi-label is decided below
+        self._list_column = elem is not None or (bool(self.label_col) and
+                                                 pa.types.is_list(schema.field(self.label_col).type))
         names = (elem or feat or {}).get("names") if isinstance(elem or feat, dict) else None
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._lookup: dict[str, int] | None = None  # label text -> index, for a column of strings
+        # the label column, read once: for the names when no ClassLabel feature gives them, and for the rule
+        cells = [v for k in range(len(self.pieces)) for v in self._column(k, self.label_col)] if self.label_col else []
         if names is None and self.label_col:
-            values = [v for k in range(len(self.pieces)) for v in self._column(k, self.label_col)]
-            flat = [x for v in values for x in (v if isinstance(v, list) else [v]) if x is not None]
+            flat = [x for v in cells for x in (v if isinstance(v, list) else [v]) if x is not None]
             if any(isinstance(x, str) for x in flat):  # names without a ClassLabel feature
                 names = _sort_names(str(x).strip() for x in flat if str(x).strip())
                 self._lookup = {n: i for i, n in enumerate(names)}
             else:
                 names = [str(c) for c in range(int(max(flat)) + 1)] if flat else []
         self.class_names = list(names or [])
-        list_column = self.multilabel
         if self.label_col:  # the one rule (data.labels.decide_multilabel), over the cells as they are stored
-            cells = [v for k in range(len(self.pieces)) for v in self._column(k, self.label_col)]
             counts = [len({x for x in (v if isinstance(v, list) else [v]) if x is not None and str(x).strip() != ""})
                       for v in cells]
             self.multilabel = decide_multilabel(counts, multilabel, f"hf:{path}")
-        elif multilabel is not None:
-            self.multilabel = bool(multilabel)
-        self._list_column = list_column
+        else:
+            self.multilabel = bool(multilabel) if multilabel is not None else self._list_column
 
     # --------------------------------------------------------------------------------------- columns
     @staticmethod
