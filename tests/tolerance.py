@@ -55,29 +55,29 @@ def max_error(a: ArrayLike, b: ArrayLike) -> float:
 
 
 def allowed(reference: ArrayLike, precise: ArrayLike, dtype: torch.dtype = torch.float32, *, c: float = C,
-            terms: int = 1, scale: float | None = None, decimals: int | None = None) -> float:
+            terms: int = 1, scale: float | None = None, decimals: int | None = None, printed: int = 1) -> float:
     """The rule's right-hand side: ``c * max |reference - precise| + terms * u(dtype) * scale``, plus
-    ``0.5 * 10**-decimals`` when one side was only stored with ``decimals`` decimals (a CSV log): that printing is
-    one more rounding of the operation, with its own bound."""
+    ``printed * 0.5 * 10**-decimals`` when ``printed`` sides of the comparison were only stored with ``decimals``
+    decimals (a CSV log): each printing is one more rounding, with its own bound."""
     p = _t(precise)
     scale = float(p.abs().max()) if scale is None and p.numel() else (scale or 0.0)
-    printed = 0.5 * 10.0**-decimals if decimals is not None else 0.0
-    return c * max_error(reference, precise) + dtype_bound(dtype, scale, terms) + printed
+    printing = printed * 0.5 * 10.0**-decimals if decimals is not None else 0.0
+    return c * max_error(reference, precise) + dtype_bound(dtype, scale, terms) + printing
 
 
 def assert_within(actual: ArrayLike, reference: ArrayLike, precise: ArrayLike, dtype: torch.dtype | None = None, *,
                   c: float = C, terms: int = 1, scale: float | None = None, decimals: int | None = None,
-                  name: str = "") -> None:
+                  printed: int = 1, name: str = "") -> None:
     """Assert the rule: ``actual`` errs against ``precise`` at most ``c`` times as much as ``reference`` does,
     plus the dtype's bound for ``terms`` rounded operations (module doc). ``dtype``: of ``actual`` when a tensor,
-    else float32; ``decimals``: see :func:`allowed`."""
+    else float32; ``decimals``, ``printed``: see :func:`allowed`."""
     if dtype is None:
         dtype = actual.dtype if isinstance(actual, torch.Tensor) and actual.is_floating_point() else torch.float32
     a, p = _t(actual), _t(precise)
     assert a.shape == p.shape, f"{name}: shape {tuple(a.shape)} != {tuple(p.shape)}"
     assert torch.isfinite(a).all(), f"{name}: non-finite values"
     err, ref_err = max_error(a, p), max_error(reference, p)
-    bound = allowed(reference, p, dtype, c=c, terms=terms, scale=scale, decimals=decimals)
+    bound = allowed(reference, p, dtype, c=c, terms=terms, scale=scale, decimals=decimals, printed=printed)
     assert err <= bound, (f"{name}: max |actual - precise| = {err:.3g} > {c} x reference's own error {ref_err:.3g} "
                           f"+ {terms} x u({dtype}) x scale = {bound:.3g}")
 
