@@ -25,3 +25,7 @@ def test_int8_bench_runs(tmp_path):
     assert got["clips"] == 22 and 0 <= got["fp32"]["accuracy"] <= 1 and 0 <= got["int8"]["accuracy"] <= 1
     assert 0 <= got["nn_top1_kept"] <= 1 and 0 <= got["nn_overlap10"] <= 1 and got["speedup"] > 0
     assert ("ACCEPTED" in run.stdout) == got["accepted"]
+    assert 0 <= got["predictions_changed"] <= 22
+    # the judgement is two-sided: a gain beyond the limit is a move too
+    moved = abs(got["accuracy_change_points"]) > 0.5
+    assert got["accepted"] == (not moved and got["nn_top1_kept"] >= 0.95)
