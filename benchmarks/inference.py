@@ -24,9 +24,9 @@ median [p20, p80] wall time after ``--num-warm-iter`` untimed runs, audio second
 (``/ --threads``), ``min cos`` of its embeddings against eager on the same audio, and for ``long`` the process's
 peak resident memory during the row (Linux ``VmHWM``, reset before the row: includes the model and runtime
 already resident), and the row's rate against the machine's peak: ``GFLOP/s`` = the FLOPs of the eager computation
-of the same audio (``torch.utils.flop_counter``: the encoder's matmuls and the mel projection; the FFT is not
-counted), the same useful work for every backend, over the row's time, and ``%peak`` = that over the peak
-(``--peak-tflops auto``: an sgemm probe measured at the start of the run, :func:`_common.sgemm_peak_flops`). Models are randomly initialised (speed and memory do not depend on the weights; the int8
+of the same audio (``torch.utils.flop_counter``: the encoder's matmuls, its attention -- CPU SDPA mapped onto torch's
+SDPA formula, :func:`_common.flop_counter` -- and the mel projection; the FFT is not counted), the same useful work for every backend, over the row's time, and ``%peak`` = that over the peak
+(``--peak-tflops auto``: the best of two sgemm probes, at the start of the run and after its rows, :func:`_common.sgemm_peak_flops`). Models are randomly initialised (speed and memory do not depend on the weights; the int8
 cosine of a trained model can differ: check it on yours).
 
 Prints a table and writes ``--results-file`` (JSON: device, versions, commit, arguments, rows).
@@ -45,10 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 from _common import (  # noqa: E402
     environment,
+    flop_counter,
     peak_rss,
     print_table,
     reset_peak_rss,
     resolve_peak,
+    sgemm_peak_flops,
     time_fn,
     write_json,
 )
@@ -200,26 +202,22 @@ def measure(preset: str, args: argparse.Namespace, workdir: Path) -> list[dict[s
                        x_realtime=per_s, x_realtime_per_core=per_s / args.threads,
                        min_cos_vs_eager=cos_min(out, ref[case]) if backend != "timm" else None, status="ok",
                        GFLOP_per_s=flops[case] / t["median_s"] / 1e9)
-            if args.peak:
-                row["frac_peak"] = flops[case] / t["median_s"] / args.peak
             if case == "long":
                 row["peak_rss_mib"] = peak_rss() / 2**20
             if backend == "onnx_int8" and row["min_cos_vs_eager"] < args.int8_min_cos:
                 row["status"] = f"rejected: cos {row['min_cos_vs_eager']:.4f} < {args.int8_min_cos}"
             rows.append(row)
-            at_peak = f", {row['frac_peak']:.0%} of peak" if args.peak else ""
+            at_peak = f", {row['GFLOP_per_s'] * 1e9 / args.peak:.0%} of the first probe" if args.peak else ""
             print(f"  {preset} {backend} {case}: {per_s / args.threads:.1f}x real time per core{at_peak}", flush=True)
     return rows
 
 
 def count_flops(eager: Callable[[torch.Tensor], Any], clips: torch.Tensor, long: torch.Tensor, clip: int,
                 args: argparse.Namespace) -> dict[str, float]:
-    """FLOPs of the eager computation of each case's audio (``torch.utils.flop_counter``; module doc)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """FLOPs of the eager computation of each case's audio (:func:`_common.flop_counter`; module doc)."""
     out = {}
     for case in args.cases:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             eager(clips) if case == "clips" else embed_long(eager, long, clip, args.batch_size)
         out[case] = float(counter.get_total_flops())
     return out
@@ -233,6 +231,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             rows += measure(preset.strip(), args, Path(tmp))
+    if args.peak and args.peak_tflops == "auto":
+        # a second probe after the rows: the attainable rate is the best either probe saw (on a shared VM a probe
+        # can land in a slow spell; a row above its peak would then read > 100 %)
+        again = sgemm_peak_flops(CPU)
+        args.peak_note += f"; best of this and a probe after the rows ({again / 1e9:.1f})"
+        args.peak = max(args.peak, again)
+    for row in rows:
+        if args.peak and row.get("status") == "ok":
+            row["frac_peak"] = row["GFLOP_per_s"] * 1e9 / args.peak
     print_table(rows, [("preset", "preset"), ("backend", "backend"), ("case", "case"), ("audio_s", "audio s"),
                        ("median_ms", "median ms"), ("p20_ms", "p20"), ("p80_ms", "p80"), ("x_realtime", "x RT"),
                        ("x_realtime_per_core", "x RT/core"), ("peak_rss_mib", "peak MiB"),

@@ -54,3 +54,25 @@ def test_long_windows_cover_the_recording():
     bench = _bench()
     assert bench.window_starts(10, 4) == [0, 4, 6] and bench.window_starts(8, 4) == [0, 4]
     assert bench.window_starts(3, 4) == [0]
+
+
+def test_flop_count_includes_cpu_attention():
+    """SDPA on a CPU runs ``_scaled_dot_product_flash_attention_for_cpu``, which torch's FlopCounterMode does not
+    count; the benchmarks' counter does (``4 B H N^2 d`` forward, the formula torch uses for the CUDA kernels), so a
+    model's FLOPs are its Linear layers plus its attention."""
+    import torch
+
+    _bench()  # puts benchmarks/ on sys.path
+    from _common import flop_counter
+
+    b, h, n, d = 2, 3, 37, 16
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    with flop_counter() as counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 4 * b * h * n * n * d
+    with flop_counter() as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() > 0  # the backward is counted too
+    with flop_counter() as counter:  # the explicit form counts the same matmul FLOPs
+        torch.matmul(torch.softmax(q @ k.transpose(-1, -2) / d**0.5, -1), v)
+    assert counter.get_total_flops() == 4 * b * h * n * n * d
