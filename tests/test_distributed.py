@@ -54,7 +54,7 @@ def assert_same_run(one: Path, two: Path, orders: list[Path], steps: int) -> Non
 
     A whole run through the CLI has no float64 twin, so the yardstick is the one-process run's own sensitivity to
     summation order: each of ``orders`` is the same run on one process, reordered as an all-reduce reorders it (the
-    global batch summed from micro-batches, one thread), and the yardstick is the largest ``|order - one|``
+    global batch summed from micro-batches, at the same thread count), and the yardstick is the largest ``|order - one|``
     among them (one reordering alone is one draw of that sensitivity: 1.2e-5 to 5.0e-5 of the weights' scale here).
     Rounding differences spread over every tensor within a few steps, so the weights are compared as one model:
     each tensor divided by its largest ``|one|``, all of them in one vector. ``|two - one|`` may be at most ``C``
