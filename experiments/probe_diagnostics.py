@@ -47,12 +47,12 @@ def encoders(args: argparse.Namespace, frames: int) -> dict[str, Model]:
     ``ssl_eval.py``'s default model) and its seed-``--seed`` initialization, as in ``ssl_eval.py``."""
     out: dict[str, Model] = {}
     if args.pretrained:
-        out["pretrained"] = Model.from_pretrained(args.pretrained)
+        out["pretrained"] = Model.from_pretrained(args.pretrained, fused=True)
         config = out["pretrained"].config
     else:
         config = ssl_eval.model_config(ssl_eval.build_parser().parse_args([]), frames)
     torch.manual_seed(args.seed)
-    out["random"] = Model(config)
+    out["random"] = Model(config, fused=True)
     return out
 
 

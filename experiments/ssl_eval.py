@@ -585,8 +585,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     config = model_config(args, frames)
     torch.manual_seed(args.seed)
-    model = Model(config)
-    random_model = Model(config)
+    model = Model(config, fused=True)  # the path `train pretrain` / `train finetune` resolve by default (--fused)
+    random_model = Model(config, fused=True)
     random_model.load_state_dict(model.state_dict())  # the untouched initialization: the "random" baselines
     heldout = torch.cat([s for s, _ in folds.values()])[:64]
     loss_before = heldout_loss(model, heldout, args.mask_ratio, args.seed)
