@@ -126,6 +126,7 @@ def test_prepared_output_of_any_source_trains(tmp_path):
     meta = json.loads((out / "dataset.json").read_text())
     ds = build_dataset(meta["spec"], clip_seconds=0.3)
     ref = torch.from_numpy(decode_ref((folder / "clip2.mp3").read_bytes()))
+    # FLAC keeps 16-bit samples: the prepared copy is the float decode quantized to steps of 2**-15 (3.1e-5)
     assert ds.index.fields[2] == "flac" and torch.allclose(ds[2]["wave"], ref[:9600].clamp(-1, 1), atol=1e-4)
     args = ["pretrain", "--data", meta["spec"], "--steps", "2", "--batch-size", "2", "--clip-seconds", "0.32",
             "--set", "embed_dim=32", "--set", "depth=1", "--set", "num_heads=2", "--decoder-dim", "32",
