@@ -149,15 +149,17 @@ def test_embed_vggsound_matches_a_second_decode(tmp_path, capsys):
     with open(out.parent / "missing.csv") as f:
         assert [m["YTID"] for m in csv.DictReader(f)] == [IDS[3]]
     clf64 = copy.deepcopy(clf).double()
+
+    @torch.no_grad()
+    def clip_embedding(model, spec):  # what embed does with a file: one window, or the mean of sliding windows
+        return model.embed(spec)[0] if spec.shape[-1] <= 128 else model.embed_windows(spec)[0][0].mean(0)
+
     for i, p in enumerate(z["paths"]):
         x, rate = av_decode_ref(p)
         wave = resample(torch.from_numpy(x.mean(axis=0)), rate, 32000)
         spec = log_mel(wave)
-        with torch.no_grad():
-            ref = clf.embed(spec)[0] if spec.shape[-1] <= 128 else clf.embed_windows(spec)[0][0].mean(0)
-            s64 = spec.double()
-            gold = clf64.embed(s64)[0] if spec.shape[-1] <= 128 else clf64.embed_windows(s64)[0][0].mean(0)
-        assert_within(torch.from_numpy(z["embeddings"][i]), ref, gold, terms=192, name=p)  # 192: the tiny width
+        assert_within(torch.from_numpy(z["embeddings"][i]), clip_embedding(clf, spec),
+                      clip_embedding(clf64, spec.double()), terms=192, name=p)  # 192: the tiny width
 
 
 def test_finetune_on_vggsound_train_evaluated_on_test(tmp_path, capsys):

@@ -55,9 +55,8 @@ def test_freq_stats_pool_appends_each_rows_std_over_time():
     grid = clf.forward_features(x)[:, 1:].reshape(3, 8, 7, 20).double()
     std = ((grid - grid.mean(2, keepdim=True)).square().sum(2) / 6 + 1e-6).sqrt()  # unbiased, 7 columns
     want = torch.cat([clf.fc_norm(grid.mean(2).float()).flatten(1), clf.std_norm(std.float()).flatten(1)], 1)
-    norm64 = lambda n, v: torch.nn.functional.layer_norm(v, v.shape[-1:], n.weight.double(), n.bias.double(),  # noqa: E731
-                                                         n.eps)
-    precise = torch.cat([norm64(clf.fc_norm, grid.mean(2)).flatten(1), norm64(clf.std_norm, std).flatten(1)], 1)
+    fc_norm64, std_norm64 = (copy.deepcopy(n).double() for n in (clf.fc_norm, clf.std_norm))
+    precise = torch.cat([fc_norm64(grid.mean(2)).flatten(1), std_norm64(std).flatten(1)], 1)
     assert clf.head.in_features == 2 * 8 * 20 == clf.config.pooled_dim
     assert_within(clf.embed(x), want, precise, terms=TERMS, name="freq_stats embedding")
 

@@ -22,8 +22,9 @@ def test_band_features_average_adjacent_bins_then_take_time_statistics():
     assert f.shape == (3, 16)
     band2 = x[:, 32:48].mean(1)  # bins 32..47 are the third band of 16
     band2_64 = x[:, 32:48].double().mean(1)
-    assert_within(f[:, 2], band2.mean(-1), band2_64.mean(-1), terms=40, name="band mean")  # 16 + 40 terms summed
-    assert_within(f[:, 8 + 2], band2.std(-1), band2_64.std(-1), terms=40, name="band std")
+    # each band value: a mean over 16 bins, then a mean (or std) over 40 frames
+    assert_within(f[:, 2], band2.mean(-1), band2_64.mean(-1), terms=16 + 40, name="band mean")
+    assert_within(f[:, 8 + 2], band2.std(-1), band2_64.std(-1), terms=16 + 40, name="band std")
     with pytest.raises(ValueError, match="do not divide"):
         pd.band_features(x, 48)
 
